@@ -1,0 +1,586 @@
+"""The pure aggregator: parsed samples in, one columnar :class:`FlushBatch` per interval out.
+
+Three steps, split so that only the cheap ones run on the event loop:
+
+1. :meth:`Aggregator.add` (per line, hot): a dict lookup and a ``+=`` / append into the open
+   interval's buckets. No numpy and no per-line objects beyond the series key.
+2. :meth:`Aggregator.take_snapshot` (per flush, on the loop): swaps the open buckets for fresh
+   ones, applies the idle TTL and returns a :class:`Snapshot` that owns everything it refers to,
+   so ``add`` can go on while the snapshot is processed elsewhere. O(series) dict work at most.
+3. :func:`build_flush_batch` (per flush, in a worker thread): pure and vectorised; computes
+   every statistic of every series with a fixed number of numpy passes and may be called again
+   on the same snapshot (e.g. after a crash) with the same result.
+
+Semantics are Etsy statsd's ``lib/process_metrics.js`` with its graphite backend's names
+(``legacyNamespace = false``); tags stay per point and never enter the name. For a counter,
+``{prefix}.counters.NAME.count`` and ``.rate``; for a gauge, ``{prefix}.gauges.NAME``; for
+timers (``ms``), histograms (``h``) and distributions (``d``), ``{prefix}.timers|histograms|
+distributions.NAME.<stat>`` (see :mod:`statsyard_agent._timerstats`) plus a mergeable
+:class:`~statsyard_agent._sketch.LogSketch` per series; for a set, ``{prefix}.sets.NAME.count``;
+DogStatsD events and service checks are counted as ``{prefix}.events`` and
+``{prefix}.service_checks``. A series is ``(kind, name, tags)``: the same name under two kinds
+gives two independent series.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from array import array
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from ._exceptions import ConfigError
+from ._sketch import IntArray, segment_argsort, sketch_bytes_from_segments
+from ._timerstats import percentile_label, timer_stats_sorted
+from ._types import (
+    Event,
+    FloatArray,
+    FlushBatch,
+    Metric,
+    MetricKind,
+    Rollup,
+    ServiceCheck,
+    SketchPoint,
+    Tags,
+)
+
+__all__ = ["Aggregator", "AggregatorConfig", "Snapshot", "build_flush_batch"]
+
+#: A series within one kind: ``(name, tags)``.
+SeriesKey = tuple[str, Tags]
+
+_COUNTER = MetricKind.COUNTER
+_GAUGE = MetricKind.GAUGE
+_TIMER = MetricKind.TIMER
+_HISTOGRAM = MetricKind.HISTOGRAM
+_DISTRIBUTION = MetricKind.DISTRIBUTION
+_SET = MetricKind.SET
+
+_SUM, _MIN, _MAX = Rollup.SUM, Rollup.MIN, Rollup.MAX
+_LAST, _AVERAGE, _RATE, _MEAN = Rollup.LAST, Rollup.AVERAGE, Rollup.RATE, Rollup.MEAN
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorConfig:
+    """The aggregator's slice of the agent configuration; validated on construction.
+
+    ``percentiles`` are Etsy's ``percentThreshold``: each ``pct`` with ``0 < |pct| <= 100``;
+    a negative one summarises the top ``|pct|`` percent (``..._topX`` stats). They are stored as
+    floats and their stat labels (``90``, ``99_9``, ``top10``) must be distinct. ``idle_ttl``
+    (seconds, ``>= 0``) is how long a series without data is still emitted (zeros, or the last
+    gauge value) before it is forgotten. ``max_series`` (``>= 0``) caps the distinct
+    ``(kind, name, tags)`` keys held at once; new keys beyond it are refused, never silently.
+    Raises :class:`ConfigError` naming the offending field.
+    """
+
+    prefix: str = "stats"
+    percentiles: tuple[float, ...] = (90.0,)
+    idle_ttl: float = 300.0
+    max_series: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise ConfigError("prefix", "must be a string")
+        try:
+            pcts = tuple(float(p) for p in self.percentiles)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("percentiles", "must be a list of numbers") from exc
+        for pct in pcts:
+            if not (math.isfinite(pct) and 0.0 < abs(pct) <= 100.0):
+                raise ConfigError("percentiles", f"{pct!r} is not in [-100, 0) or (0, 100] (Etsy thresholds)")
+        labels = [percentile_label(p) for p in pcts]
+        if len(set(labels)) != len(labels):
+            raise ConfigError("percentiles", f"duplicate thresholds in {list(pcts)!r}")
+        object.__setattr__(self, "percentiles", pcts)
+        if not (isinstance(self.idle_ttl, int | float) and 0.0 <= self.idle_ttl < math.inf):
+            raise ConfigError("idle_ttl", f"must be a finite number of seconds >= 0, got {self.idle_ttl!r}")
+        if isinstance(self.max_series, bool) or not isinstance(self.max_series, int):
+            raise ConfigError("max_series", f"must be an integer, got {self.max_series!r}")
+        if self.max_series < 0:
+            raise ConfigError("max_series", f"must be >= 0, got {self.max_series}")
+
+
+class _Samples:
+    """The samples of one timer-like series in one interval.
+
+    ``weights`` (``1 / rate`` per sample) stays ``None`` while every sample had rate 1, which is
+    the common case and keeps it to one 8-byte append per sample.
+    """
+
+    __slots__ = ("values", "weights")
+
+    def __init__(self) -> None:
+        self.values: array[float] = array("d")
+        self.weights: array[float] | None = None
+
+    def add_weighted(self, values: tuple[float, ...], weight: float) -> None:
+        weights = self.weights
+        if weights is None:
+            weights = self.weights = array("d", [1.0]) * len(self.values)
+        self.values.extend(values)
+        if len(values) == 1:
+            weights.append(weight)
+        else:
+            weights.extend([weight] * len(values))
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Family(Generic[_K, _V]):
+    """The open buckets (``data``) and the flush history (``seen``) of one kind of series.
+
+    ``seen`` maps every key that had data in a flushed interval to the timestamp of the last
+    such flush; ``data`` holds the open interval. A key is *held* if it is in either.
+    ``new`` counts the keys of ``data`` not in ``seen`` (opened this interval).
+    """
+
+    __slots__ = ("data", "new", "seen", "tag")
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.data: dict[_K, _V] = {}
+        self.seen: dict[_K, int] = {}
+        self.new = 0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Taken(Generic[_K, _V]):
+    """One kind's share of a snapshot: the interval's ``data`` and the ``idle`` keys.
+
+    ``idle`` are the keys that had no data this interval but are still within the idle TTL.
+    The mapping is owned by the snapshot alone (the aggregator started a fresh one).
+    """
+
+    data: Mapping[_K, _V]
+    idle: tuple[_K, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """Everything one interval collected, detached from the :class:`Aggregator`.
+
+    Produced by :meth:`Aggregator.take_snapshot` and consumed by :func:`build_flush_batch`;
+    it shares no mutable state with the aggregator, so it can be processed in another thread
+    while ``add`` goes on, and it is never modified (building twice gives the same batch).
+    """
+
+    timestamp: int
+    interval: float
+    config: AggregatorConfig
+    counters: Taken[SeriesKey, float]
+    #: Every live gauge's current value (gauges persist across intervals).
+    gauges: Mapping[SeriesKey, float]
+    timers: Taken[SeriesKey, _Samples]
+    histograms: Taken[SeriesKey, _Samples]
+    distributions: Taken[SeriesKey, _Samples]
+    sets: Taken[SeriesKey, set[str]]
+    #: Keyed by the point's tags (the event's tags plus ``alert_type``).
+    events: Taken[Tags, float]
+    #: Keyed by the point's tags (the check's tags plus ``check`` and ``status``).
+    service_checks: Taken[Tags, float]
+
+
+class Aggregator:
+    """Accumulates one interval of samples per series; see the module docstring.
+
+    Not thread-safe: ``add*`` and ``take_snapshot`` must be called from one thread (the event
+    loop); only :func:`build_flush_batch` runs elsewhere, on a snapshot.
+
+    Counters read by the self-metrics: ``active_series`` (held keys, including idle ones within
+    the TTL), ``rejected_series`` (running total of keys refused by the ``max_series`` guard,
+    each counted once per interval in which it was refused), ``rejected_metrics`` (running
+    total of refused ``add*`` calls, i.e. lost lines) and ``expired_series`` (running total of
+    keys forgotten after ``idle_ttl``).
+    """
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self._config = config
+        self._max_series = config.max_series
+        self._n_series = 0
+        self.rejected_series = 0
+        self.rejected_metrics = 0
+        self.expired_series = 0
+        # Keys refused this interval, so a refused series counts once per interval; bounded
+        # like the series themselves (beyond that, each refusal counts).
+        self._refused: set[tuple[str, Hashable]] = set()
+        self._counters: _Family[SeriesKey, float] = _Family("c")
+        self._gauges: _Family[SeriesKey, float] = _Family("g")
+        self._gauge_values: dict[SeriesKey, float] = {}
+        self._timers: _Family[SeriesKey, _Samples] = _Family("ms")
+        self._histograms: _Family[SeriesKey, _Samples] = _Family("h")
+        self._distributions: _Family[SeriesKey, _Samples] = _Family("d")
+        self._sets: _Family[SeriesKey, set[str]] = _Family("s")
+        self._events: _Family[Tags, float] = _Family("_e")
+        self._checks: _Family[Tags, float] = _Family("_sc")
+
+    @property
+    def config(self) -> AggregatorConfig:
+        return self._config
+
+    @property
+    def active_series(self) -> int:
+        """Distinct keys held now: with data this interval, or idle within the TTL."""
+        return self._n_series
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def add(self, metric: Metric) -> bool:
+        """Fold one parsed metric into the open interval; False if refused by ``max_series``.
+
+        Counter: ``total += value * (1 / rate)`` per value (Etsy's arithmetic, floats kept).
+        Gauge: a ``delta`` metric adds to the current value (0 if none), others set it (the
+        last of packed values wins). Timer/histogram/distribution: every value is a sample of
+        weight ``1 / rate``. Set: every member is collected. ``rate`` must satisfy
+        ``0 < rate <= 1`` (the parser guarantees it). A metric without values changes nothing.
+        """
+        kind = metric.kind
+        key = (metric.name, metric.tags)
+        if kind is _TIMER or kind is _HISTOGRAM or kind is _DISTRIBUTION:
+            if kind is _TIMER:
+                family = self._timers
+            elif kind is _HISTOGRAM:
+                family = self._histograms
+            else:
+                family = self._distributions
+            samples = family.data.get(key)
+            if samples is None:
+                if not self._admit(family, key):
+                    return False
+                samples = family.data[key] = _Samples()
+            rate = metric.rate
+            if rate == 1.0 and samples.weights is None:
+                samples.values.extend(metric.values)
+            else:
+                samples.add_weighted(metric.values, 1.0 / rate)
+            return True
+        if kind is _COUNTER:
+            counters = self._counters
+            total = counters.data.get(key)
+            if total is None:
+                if not self._admit(counters, key):
+                    return False
+                total = 0.0
+            # Etsy multiplies by the inverse rate (stats.js), which can differ from v / rate
+            # in the last bit; match it exactly.
+            inverse = 1.0 / metric.rate
+            for value in metric.values:
+                total += value * inverse
+            counters.data[key] = total
+            return True
+        if kind is _GAUGE:
+            values = metric.values
+            if not values:
+                return True
+            data = self._gauges.data
+            current = data.get(key)
+            if current is None and not self._admit(self._gauges, key):
+                return False
+            if metric.delta:
+                if current is None:
+                    current = self._gauge_values.get(key, 0.0)
+                for value in values:
+                    current += value
+                data[key] = current
+            else:
+                data[key] = values[-1]
+            return True
+        if kind is _SET:
+            sets = self._sets
+            members = sets.data.get(key)
+            if members is None:
+                if not self._admit(sets, key):
+                    return False
+                members = sets.data[key] = set()
+            members.update(metric.members)
+            return True
+        raise ValueError(f"unknown metric kind {kind!r}")
+
+    def add_event(self, event: Event) -> bool:
+        """Count one event in ``{prefix}.events`` with its tags plus ``alert_type``."""
+        tags = _with_tags(event.tags, ("alert_type", event.alert_type))
+        return self._count(self._events, tags)
+
+    def add_service_check(self, check: ServiceCheck) -> bool:
+        """Count one service check in ``{prefix}.service_checks`` with its tags plus ``check``
+        (the check's name) and ``status`` (``"0"`` .. ``"3"``)."""
+        tags = _with_tags(check.tags, ("check", check.name), ("status", str(check.status)))
+        return self._count(self._checks, tags)
+
+    def _count(self, family: _Family[Tags, float], tags: Tags) -> bool:
+        total = family.data.get(tags)
+        if total is None:
+            if not self._admit(family, tags):
+                return False
+            total = 0.0
+        family.data[tags] = total + 1.0
+        return True
+
+    def _admit(self, family: _Family[_K, _V], key: _K) -> bool:
+        """Account for ``key`` about to be opened in ``family.data`` (it is not there yet)."""
+        if key in family.seen:
+            return True
+        if self._n_series >= self._max_series:
+            self.rejected_metrics += 1
+            marker = (family.tag, key)
+            refused = self._refused
+            if marker not in refused:
+                self.rejected_series += 1
+                if len(refused) < self._max_series:
+                    refused.add(marker)
+            return False
+        self._n_series += 1
+        family.new += 1
+        return True
+
+    # -- flush ------------------------------------------------------------------------------
+
+    def take_snapshot(self, timestamp: int, interval: float) -> Snapshot:
+        """Close the open interval (ending at ``timestamp``, lasting ``interval`` seconds).
+
+        Every series with data gets ``timestamp`` as its last-seen time. A series without data
+        whose last-seen time is more than ``idle_ttl`` seconds before ``timestamp`` is
+        forgotten (``expired_series`` grows, ``active_series`` shrinks) and no longer emitted;
+        the others are passed on as idle. Cheap: swaps dicts and does O(series) dict work,
+        never statistics. Raises ``ValueError`` unless ``interval`` is positive and finite.
+        """
+        if not (interval > 0 and math.isfinite(interval)):
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        cutoff = timestamp - self._config.idle_ttl
+        self._refused = set()
+        counters = self._roll(self._counters, timestamp, cutoff)
+        gauges = self._roll(self._gauges, timestamp, cutoff)
+        values = self._gauge_values
+        values.update(gauges.data)
+        if len(values) != len(self._gauges.seen):
+            for key in values.keys() - self._gauges.seen:
+                del values[key]
+        return Snapshot(
+            timestamp=timestamp,
+            interval=float(interval),
+            config=self._config,
+            counters=counters,
+            gauges=dict(values),
+            timers=self._roll(self._timers, timestamp, cutoff),
+            histograms=self._roll(self._histograms, timestamp, cutoff),
+            distributions=self._roll(self._distributions, timestamp, cutoff),
+            sets=self._roll(self._sets, timestamp, cutoff),
+            events=self._roll(self._events, timestamp, cutoff),
+            service_checks=self._roll(self._checks, timestamp, cutoff),
+        )
+
+    def _roll(self, family: _Family[_K, _V], timestamp: int, cutoff: float) -> Taken[_K, _V]:
+        data = family.data
+        family.data = {}
+        seen = family.seen
+        idle: list[_K] = []
+        # Every seen key had data this interval unless seen outnumbers the re-seen keys.
+        if len(seen) > len(data) - family.new:
+            expired: list[_K] = []
+            # dict_keys - dict uses the stored hashes: no tuple is re-hashed.
+            for key in seen.keys() - data:
+                (expired if seen[key] < cutoff else idle).append(key)
+            for key in expired:
+                del seen[key]
+            self._n_series -= len(expired)
+            self.expired_series += len(expired)
+        family.new = 0
+        seen.update(dict.fromkeys(data, timestamp))
+        return Taken(data, tuple(idle))
+
+
+# -- build ---------------------------------------------------------------------------------------
+
+
+class _Columns:
+    """The growing columns of a flush batch, one block of points at a time."""
+
+    __slots__ = ("names", "rollups", "tags", "values")
+
+    def __init__(self) -> None:
+        self.names: list[list[str]] = []
+        self.tags: list[Sequence[Tags]] = []
+        self.rollups: list[tuple[Rollup, ...]] = []
+        self.values: list[FloatArray] = []
+
+    def add(self, names: list[str], tags: Sequence[Tags], rollup: Rollup, values: FloatArray) -> None:
+        if names:
+            self.names.append(names)
+            self.tags.append(tags)
+            self.rollups.append((rollup,) * len(names))
+            self.values.append(np.asarray(values, dtype=np.float64))
+
+    def batch(self, timestamp: int, interval: float, sketches: tuple[SketchPoint, ...]) -> FlushBatch:
+        values = np.concatenate(self.values) if self.values else np.zeros(0)
+        return FlushBatch(
+            timestamp=timestamp,
+            interval=interval,
+            names=tuple(itertools.chain.from_iterable(self.names)),
+            tags=tuple(itertools.chain.from_iterable(self.tags)),
+            rollups=tuple(itertools.chain.from_iterable(self.rollups)),
+            values=values,
+            sketches=sketches,
+        )
+
+
+def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
+    """Compute every point of one interval; pure, vectorised, safe in a worker thread.
+
+    Points come grouped by kind and by stat (their order carries no meaning). Timer-like series
+    are processed all at once: one concatenation of their samples, one segmented sort, and a
+    fixed number of numpy passes for the Etsy statistics and for the sketches; there is no
+    Python-level numpy call per series. Idle series within the TTL emit Etsy's idle values:
+    counters, sets, events and service checks 0; timers only ``count`` and ``count_ps`` = 0;
+    gauges their last value.
+    """
+    config = snapshot.config
+    root = f"{config.prefix}." if config.prefix else ""
+    interval = snapshot.interval
+    out = _Columns()
+
+    counters = snapshot.counters
+    bases, tags = _bases(f"{root}counters.", counters.data.keys(), counters.idle)
+    totals = _values(counters.data.values(), len(counters.idle))
+    out.add([b + ".count" for b in bases], tags, _SUM, totals)
+    out.add([b + ".rate" for b in bases], tags, _RATE, totals / interval)
+
+    gauges = snapshot.gauges
+    bases, tags = _bases(f"{root}gauges.", gauges.keys(), ())
+    out.add(bases, tags, _LAST, _values(gauges.values(), 0))
+
+    sketches = _build_timers(
+        out,
+        root,
+        interval,
+        config.percentiles,
+        (
+            ("timers", snapshot.timers),
+            ("histograms", snapshot.histograms),
+            ("distributions", snapshot.distributions),
+        ),
+    )
+
+    sets = snapshot.sets
+    bases, tags = _bases(f"{root}sets.", sets.data.keys(), sets.idle)
+    sizes = np.fromiter((len(s) for s in sets.data.values()), np.float64, len(sets.data))
+    out.add([b + ".count" for b in bases], tags, _MAX, _pad(sizes, len(sets.idle)))
+
+    for name, taken in (("events", snapshot.events), ("service_checks", snapshot.service_checks)):
+        tags = [*taken.data.keys(), *taken.idle]
+        out.add([root + name] * len(tags), tags, _SUM, _values(taken.data.values(), len(taken.idle)))
+
+    return out.batch(snapshot.timestamp, interval, sketches)
+
+
+def _build_timers(
+    out: _Columns,
+    root: str,
+    interval: float,
+    percentiles: tuple[float, ...],
+    groups: Iterable[tuple[str, Taken[SeriesKey, _Samples]]],
+) -> tuple[SketchPoint, ...]:
+    bases: list[str] = []
+    tags: list[Tags] = []
+    samples: list[_Samples] = []
+    idle_bases: list[str] = []
+    idle_tags: list[Tags] = []
+    for namespace, taken in groups:
+        prefix = f"{root}{namespace}."
+        for (name, series_tags), series in taken.data.items():
+            if series.values:
+                bases.append(prefix + name)
+                tags.append(series_tags)
+                samples.append(series)
+            else:  # opened without values: nothing to summarise, report it like an idle one
+                idle_bases.append(prefix + name)
+                idle_tags.append(series_tags)
+        for name, series_tags in taken.idle:
+            idle_bases.append(prefix + name)
+            idle_tags.append(series_tags)
+
+    sketch_points: tuple[SketchPoint, ...] = ()
+    if samples:
+        lengths = np.fromiter((len(s.values) for s in samples), np.int64, len(samples))
+        offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.frombuffer(b"".join(s.values for s in samples), dtype=np.float64)
+        weights = _joined_weights(samples, lengths)
+        order = segment_argsort(values, offsets)
+        ordered = values[order]
+        if weights is None:
+            counts = lengths.astype(np.float64)
+            ordered_weights = None
+        else:
+            counts = np.add.reduceat(weights, offsets[:-1])
+            ordered_weights = weights[order]
+        stats = timer_stats_sorted(ordered, offsets, counts, interval=interval, percentiles=percentiles)
+        blocks: tuple[tuple[str, Rollup, FloatArray], ...] = (
+            ("count", _SUM, stats.count),
+            ("count_ps", _RATE, stats.count_ps),
+            ("sum", _SUM, stats.sum),
+            ("sum_squares", _SUM, stats.sum_squares),
+            ("mean", _MEAN, stats.mean),
+            ("median", _AVERAGE, stats.median),
+            ("lower", _MIN, stats.lower),
+            ("upper", _MAX, stats.upper),
+            ("std", _AVERAGE, stats.std),
+        )
+        for stat, rollup, column in blocks:
+            suffix = "." + stat
+            out.add([b + suffix for b in bases], tags, rollup, column)
+        for pct in stats.percentiles:
+            pick = np.flatnonzero(pct.present)
+            if pick.size == len(bases):
+                pct_bases, pct_tags = bases, tags
+            else:
+                pct_bases = [bases[i] for i in pick.tolist()]
+                pct_tags = [tags[i] for i in pick.tolist()]
+            label = pct.label
+            bound = "upper_" if pct.pct > 0 else "lower_"
+            for stat, rollup, column in (
+                ("count_", _SUM, pct.count),
+                ("mean_", _MEAN, pct.mean),
+                ("sum_", _SUM, pct.sum),
+                ("sum_squares_", _SUM, pct.sum_squares),
+                (bound, _MIN if pct.pct < 0 else _MAX, pct.bound),
+            ):
+                suffix = "." + stat + label
+                out.add([b + suffix for b in pct_bases], pct_tags, rollup, column[pick])
+        encoded = sketch_bytes_from_segments(ordered, ordered_weights, offsets, presorted=True)
+        sketch_points = tuple(map(SketchPoint, bases, tags, encoded))
+
+    zeros = np.zeros(len(idle_bases))
+    out.add([b + ".count" for b in idle_bases], idle_tags, _SUM, zeros)
+    out.add([b + ".count_ps" for b in idle_bases], idle_tags, _RATE, zeros)
+    return sketch_points
+
+
+def _joined_weights(samples: list[_Samples], lengths: IntArray) -> FloatArray | None:
+    """All samples' weights in one array, or None when every sample had rate 1."""
+    if all(s.weights is None for s in samples):
+        return None
+    ones = memoryview(np.ones(int(lengths.max())).tobytes())
+    joined = b"".join(s.weights if s.weights is not None else ones[: 8 * len(s.values)] for s in samples)
+    return np.frombuffer(joined, dtype=np.float64)
+
+
+def _bases(prefix: str, keys: Iterable[SeriesKey], idle: Sequence[SeriesKey]) -> tuple[list[str], list[Tags]]:
+    everything = [*keys, *idle]
+    return [prefix + name for name, _ in everything], [t for _, t in everything]
+
+
+def _values(values: Collection[float], idle: int) -> FloatArray:
+    return _pad(np.fromiter(values, np.float64, len(values)), idle)
+
+
+def _pad(values: FloatArray, zeros: int) -> FloatArray:
+    return np.concatenate((values, np.zeros(zeros))) if zeros else values
+
+
+def _with_tags(tags: Tags, *extra: tuple[str, str]) -> Tags:
+    return tuple(sorted(set(tags).union(extra)))

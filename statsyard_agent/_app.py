@@ -1,0 +1,189 @@
+"""The agent: open what outlives tasks, start the supervised tasks, shut down without losing data.
+
+Shutdown (SIGTERM/SIGINT, or the supervisor giving up): stop the tasks, read what is already queued in
+the socket, flush the open interval, write every queued batch, close the data directory. Exit status is
+0 after a clean stop and 1 when the supervisor escalated or points could not be written.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from ._aggregate import Aggregator
+from ._api import make_handler
+from ._config import Address, AgentConfig
+from ._exceptions import ConfigError
+from ._faults import FaultInjector
+from ._flush import drain_queue_blocking, flush_once, run_flusher, run_writer
+from ._http import serve_http
+from ._metrics import StateCollector, Telemetry, UdpSocketInfo
+from ._protocol import Parser
+from ._queue import BatchQueue
+from ._state import AgentState
+from ._supervisor import Supervisor
+from ._udp import MAX_DATAGRAM, drain_socket, open_udp_socket, run_udp_listener
+from .storage import TSDB
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclass
+class AgentHandle:
+    """What a caller (the CLI, a test) gets once the agent is up."""
+
+    state: AgentState
+    supervisor: Supervisor
+    telemetry: Telemetry
+    udp_address: tuple[str, int] | None
+    http_address: tuple[str, int] | None
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    async def flush(self, now: float | None = None) -> None:
+        """Flush the open interval at ``now`` (default: the wall clock), then wait until every
+        queued batch is written (tests wrap this in a deadline)."""
+        await flush_once(self.state, self.telemetry, now)
+        while len(self.state.queue) or self.state.pending_snapshots:
+            self.state.queue_drained = trio.Event()
+            await self.state.queue_drained.wait()
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+
+def _bind_error(key: str, address: Address, exc: OSError) -> ConfigError:
+    return ConfigError(key, f"cannot bind {address}: {exc.strerror or exc} "
+                            f"(choose another port with --{key} HOST:PORT, or 0 for any free one)")
+
+
+def _open_http_socket(address: Address) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    faults: FaultInjector | None = None,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[AgentHandle] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the agent until shutdown; return the process exit status."""
+    tsdb = await trio.to_thread.run_sync(TSDB.open, config.data_dir, config.storage)
+    udp_sock: socket.socket | None = None
+    http_sock: trio.socket.SocketType | None = None
+    try:
+        udp_info: UdpSocketInfo | None = None
+        if config.udp is not None:
+            try:
+                udp_sock, granted = open_udp_socket(config.udp, config.udp_rcvbuf)
+            except OSError as exc:
+                raise _bind_error("udp", config.udp, exc) from None
+            udp_info = UdpSocketInfo(udp_sock, config.udp_rcvbuf, granted)
+        if config.http is not None:
+            http_sock = _open_http_socket(config.http)
+            try:
+                await http_sock.bind((config.http.host, config.http.port))
+            except OSError as exc:
+                raise _bind_error("http", config.http, exc) from None
+            http_sock.listen(128)
+
+        state = AgentState(
+            config=config,
+            parser=Parser(config.parser),
+            aggregator=Aggregator(config.aggregator),
+            tsdb=tsdb,
+            faults=faults or FaultInjector(),
+            queue=BatchQueue(config.writer_queue_max_batches),
+        )
+        registry = CollectorRegistry()
+        telemetry = Telemetry.create(registry)
+        stop = trio.Event()
+        supervisor = Supervisor(config.supervisor, on_escalate=lambda reason: stop.set())
+        registry.register(StateCollector(state, supervisor, lambda: udp_info))
+        handle = AgentHandle(
+            state, supervisor, telemetry,
+            udp_address=udp_sock.getsockname()[:2] if udp_sock else None,
+            http_address=http_sock.getsockname()[:2] if http_sock else None,
+            _stop=stop,
+        )
+
+        async with trio.open_nursery() as outer:
+            if handle_signals:
+                outer.start_soon(_stop_on_signal, stop)
+            async with trio.open_nursery() as tasks:
+                if udp_sock is not None:
+                    await tasks.start(supervisor.supervise, "listener",
+                                      partial(run_udp_listener, state, udp_sock))
+                await tasks.start(supervisor.supervise, "flusher",
+                                  partial(run_flusher, state, telemetry))
+                await tasks.start(supervisor.supervise, "writer",
+                                  partial(run_writer, state, telemetry))
+                if http_sock is not None:
+                    await tasks.start(supervisor.supervise, "http",
+                                      partial(serve_http, http_sock,
+                                              make_handler(state, supervisor, registry)))
+                log.info(
+                    "statsyard-agent ready udp=%s http=%s data_dir=%s flush_interval=%ds",
+                    _fmt(handle.udp_address), _fmt(handle.http_address), config.data_dir,
+                    config.flush_interval,
+                )
+                task_status.started(handle)
+                await stop.wait()
+                log.info("shutting down: final flush and write")
+                tasks.cancel_scope.cancel()
+            lost = await _final_flush(state, telemetry, udp_sock)
+            outer.cancel_scope.cancel()
+        if supervisor.escalation:
+            log.error("exiting with status %d: %s", EXIT_FAILED, supervisor.escalation)
+            return EXIT_FAILED
+        if lost:
+            return EXIT_FAILED
+        log.info("stopped cleanly; %d points written in total", state.writer.points_written)
+        return EXIT_OK
+    finally:
+        if udp_sock is not None:
+            udp_sock.close()
+        if http_sock is not None:
+            http_sock.close()
+        await trio.to_thread.run_sync(tsdb.close)
+
+
+async def _final_flush(state: AgentState, telemetry: Telemetry,
+                       udp_sock: socket.socket | None) -> int:
+    """Read what the kernel already holds, flush, and write everything; return points lost."""
+    with trio.CancelScope(shield=True):
+        if udp_sock is not None:
+            buffer = bytearray(MAX_DATAGRAM)
+            while drain_socket(state, udp_sock, buffer):
+                pass
+        try:
+            await flush_once(state, telemetry)
+        except Exception:
+            log.exception("final flush failed; the open interval is lost")
+        return await trio.to_thread.run_sync(drain_queue_blocking, state, telemetry)
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+
+
+def _fmt(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "off"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

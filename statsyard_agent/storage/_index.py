@@ -1,0 +1,310 @@
+"""The series index: ``series.idx``, an append-only, checksummed log of series definitions.
+
+Every series gets a dense integer id the first time it is written; partitions and WAL records
+refer to series by id only, so no name (``../``, NUL, newlines, 10 KB of unicode...) ever
+reaches a path or a format string. The index also records the retention *group* of each series
+(the tiers it was created with, carbon's storage-schemas semantics: a later change of the
+configuration applies to new series only) and its kind:
+
+* kinds 1..7 are :class:`~statsyard_agent._types.Rollup` values (a point series);
+* kind 0 is a sketch series (the mergeable quantile sketch of a timer's base name); point and
+  sketch series live in separate namespaces, so ``x`` may be both.
+
+A point series is identified by ``(name, tags)``; a second rollup sent later for the same pair
+does not create a new series (the first one wins, as a Whisper file keeps its aggregation).
+
+Records (framed by :mod:`._records`):
+
+* ``GROUP``: ``u32 gid, u32 n, n * (u32 step, u64 retention)``
+* ``SERIES``: a columnar batch of new series with consecutive ids (see :func:`encode_series`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from statsyard_agent._exceptions import CorruptDataError, StorageError
+from statsyard_agent._types import Rollup, Tags
+
+from . import _records
+from ._files import storage_error
+from ._retention import Tier
+
+MAGIC = b"SYIDX\x00\x00\x01"
+SKETCH_KIND = 0
+
+_GROUP = 1
+_SERIES = 2
+_GROUP_HEAD = struct.Struct("<BxxxII")
+_TIER = struct.Struct("<IQ")
+_SERIES_HEAD = struct.Struct("<BxxxIII")
+
+IntArray = npt.NDArray[np.int64]
+
+#: ``mean`` -> ``count`` and ``mean_90`` -> ``count_90``: the MEAN rollup's weight series.
+_MEAN_NODE = re.compile(r"(?:^|(?<=\.))mean(_[^.]*)?$")
+
+
+def _encode_str(text: str) -> bytes:
+    # surrogatepass: a name decoded with surrogateescape upstream still round-trips.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decode_str(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def sibling_count_name(name: str) -> str | None:
+    """The count series weighting a MEAN series: ``a.mean`` -> ``a.count``, else None."""
+    match = _MEAN_NODE.search(name)
+    if match is None:
+        return None
+    return f"{name[: match.start()]}count{match.group(1) or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewSeries:
+    """A series to register: ``kind`` is a Rollup value or :data:`SKETCH_KIND`."""
+
+    name: str
+    tags: Tags
+    kind: int
+    gid: int
+
+
+def encode_group(gid: int, tiers: Sequence[Tier]) -> bytes:
+    parts = [_GROUP_HEAD.pack(_GROUP, gid, len(tiers))]
+    parts.extend(_TIER.pack(t.step, t.retention) for t in tiers)
+    return b"".join(parts)
+
+
+def encode_series(first_id: int, series: Sequence[NewSeries]) -> bytes:
+    """One SERIES record: header, then columns (kinds u8, gids u32, tag counts u32, string
+    lengths u32) and every string (name, then key/value of each tag) concatenated."""
+    strings: list[bytes] = []
+    tag_counts = []
+    for s in series:
+        strings.append(_encode_str(s.name))
+        tag_counts.append(len(s.tags))
+        for key, value in s.tags:
+            strings.append(_encode_str(key))
+            strings.append(_encode_str(value))
+    head = _SERIES_HEAD.pack(_SERIES, first_id, len(series), len(strings))
+    return b"".join(
+        [
+            head,
+            np.array([s.kind for s in series], dtype="<u1").tobytes(),
+            np.array([s.gid for s in series], dtype="<u4").tobytes(),
+            np.array(tag_counts, dtype="<u4").tobytes(),
+            np.array([len(b) for b in strings], dtype="<u4").tobytes(),
+            *strings,
+        ]
+    )
+
+
+def _grown(array: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
+    out = np.full(size, fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+class SeriesIndex:
+    """The in-memory index: ids <-> (name, tags), kinds, groups, MEAN siblings.
+
+    Built by replaying ``series.idx``; the writer appends through :meth:`apply` after a
+    durable write, a reader catches up with :meth:`refresh` (it only reads new bytes).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.names: list[str] = []
+        self.tags: list[Tags] = []
+        self._kinds = np.zeros(16, dtype=np.uint8)
+        self._gids = np.zeros(16, dtype=np.int64)
+        self._sibling = np.full(16, -1, dtype=np.int64)
+        self.groups: dict[int, tuple[Tier, ...]] = {}
+        self.point_ids: dict[tuple[str, Tags], int] = {}
+        self.sketch_ids: dict[tuple[str, Tags], int] = {}
+        self._pending_mean: dict[tuple[str, Tags], list[int]] = {}
+        self.offset = 0  # end of the valid prefix of the file read so far
+        self.file_size = 0
+        self.torn = False
+        self.version = 0  # bumped whenever series are added (readers cache by it)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def kind(self, sid: int) -> int:
+        return int(self._kinds[sid])
+
+    def gid(self, sid: int) -> int:
+        return int(self._gids[sid])
+
+    @property
+    def kinds(self) -> npt.NDArray[np.uint8]:
+        """Kind of every series by id (a view: valid until the next change)."""
+        return self._kinds[: len(self.names)]
+
+    @property
+    def gids(self) -> IntArray:
+        """Retention group of every series by id (a view: valid until the next change)."""
+        return self._gids[: len(self.names)]
+
+    @property
+    def siblings(self) -> IntArray:
+        """Count sibling of every MEAN series by id, -1 elsewhere (a view)."""
+        return self._sibling[: len(self.names)]
+
+    def sibling(self, sid: int) -> int:
+        """The id of a MEAN series' count sibling (same tags), or -1."""
+        return int(self._sibling[sid]) if sid < len(self.names) else -1
+
+    def group_id(self, tiers: tuple[Tier, ...]) -> int | None:
+        for gid, known in self.groups.items():
+            if known == tiers:
+                return gid
+        return None
+
+    # -- building ----------------------------------------------------------------------------
+
+    def apply(self, payload: bytes | memoryview) -> None:
+        """Apply one record; raises CorruptDataError when it does not decode or fit."""
+        kind = payload[0]
+        try:
+            if kind == _GROUP:
+                self._apply_group(payload)
+            elif kind == _SERIES:
+                self._apply_series(payload)
+            else:
+                raise CorruptDataError(f"unknown series index record type {kind}")
+        except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:
+            raise CorruptDataError(f"bad series index record: {exc}") from exc
+
+    def _apply_group(self, payload: bytes | memoryview) -> None:
+        _, gid, count = _GROUP_HEAD.unpack_from(payload, 0)
+        tiers = tuple(
+            Tier(*_TIER.unpack_from(payload, _GROUP_HEAD.size + i * _TIER.size))
+            for i in range(count)
+        )
+        if len(payload) != _GROUP_HEAD.size + count * _TIER.size or not tiers:
+            raise CorruptDataError("bad group record length")
+        self.groups[gid] = tiers
+
+    def _apply_series(self, payload: bytes | memoryview) -> None:
+        _, first_id, count, nstrings = _SERIES_HEAD.unpack_from(payload, 0)
+        if first_id != len(self.names):
+            raise CorruptDataError(
+                f"series record starts at id {first_id}, expected {len(self.names)}"
+            )
+        pos = _SERIES_HEAD.size
+        kinds = np.frombuffer(payload, dtype="<u1", count=count, offset=pos)
+        pos += count
+        gids = np.frombuffer(payload, dtype="<u4", count=count, offset=pos)
+        pos += 4 * count
+        tag_counts = np.frombuffer(payload, dtype="<u4", count=count, offset=pos)
+        pos += 4 * count
+        lengths = np.frombuffer(payload, dtype="<u4", count=nstrings, offset=pos)
+        pos += 4 * nstrings
+        if int(tag_counts.sum(dtype=np.int64)) * 2 + count != nstrings:
+            raise CorruptDataError("series record: tag counts do not match the strings")
+        ends = np.cumsum(lengths, dtype=np.int64) + pos
+        if nstrings and int(ends[-1]) != len(payload):
+            raise CorruptDataError("series record: string lengths do not match the payload")
+        if (kinds > max(Rollup)).any() or any(int(g) not in self.groups for g in set(gids)):
+            raise CorruptDataError("series record: unknown kind or group")
+        raw = bytes(payload)
+        starts = (ends - lengths).tolist()
+        strings = [_decode_str(raw[a:b]) for a, b in zip(starts, ends.tolist(), strict=True)]
+        pos = 0
+        new_names = []
+        new_tags = []
+        for n in tag_counts.tolist():
+            new_names.append(strings[pos])
+            flat = strings[pos + 1 : pos + 1 + 2 * n]
+            new_tags.append(tuple(zip(flat[0::2], flat[1::2], strict=True)))
+            pos += 1 + 2 * n
+        self._extend(new_names, new_tags, kinds.tolist(), gids.tolist())
+
+    def _extend(self, names: list[str], tags: list[Tags], kinds: list[int], gids: list[int]) -> None:
+        first = len(self.names)
+        total = first + len(names)
+        if len(self._kinds) < total:
+            size = max(total, 2 * len(self._kinds))
+            self._kinds = _grown(self._kinds, size, 0)
+            self._gids = _grown(self._gids, size, 0)
+            self._sibling = _grown(self._sibling, size, -1)
+        self._kinds[first:total] = kinds
+        self._gids[first:total] = gids
+        self.names.extend(names)
+        self.tags.extend(tags)
+        for offset, (name, tag, kind) in enumerate(zip(names, tags, kinds, strict=True)):
+            sid = first + offset
+            key = (name, tag)
+            if kind == SKETCH_KIND:
+                self.sketch_ids.setdefault(key, sid)
+                continue
+            self.point_ids.setdefault(key, sid)
+            waiting = self._pending_mean.pop(key, None)
+            if waiting is not None:
+                self._sibling[waiting] = sid
+            if kind == Rollup.MEAN:
+                count_name = sibling_count_name(name)
+                if count_name is None:
+                    continue
+                other = self.point_ids.get((count_name, tag))
+                if other is not None:
+                    self._sibling[sid] = other
+                else:
+                    self._pending_mean.setdefault((count_name, tag), []).append(sid)
+        self.version += 1
+
+    # -- the file ----------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Read records appended since the last call; True when anything new was applied.
+
+        Stops (without error) at an incomplete or bad record: the writer may be writing it.
+        Raises StorageError when the file cannot be read or does not start with the magic.
+        """
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size == self.file_size and not self.torn:
+                    return False
+                if self.offset == 0:
+                    head = fh.read(len(MAGIC))
+                    if head != MAGIC:
+                        if size < len(MAGIC) and MAGIC.startswith(head):
+                            return False  # being created
+                        raise StorageError(f"{self.path} is not a StatsYard series index")
+                    self.offset = len(MAGIC)
+                fh.seek(self.offset)
+                buf = fh.read()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise storage_error("read", self.path, exc) from exc
+        payloads: list[memoryview] = []
+        result = _records.scan(buf, 0, payloads)
+        applied = 0
+        for payload in payloads:
+            try:
+                self.apply(payload)
+            except CorruptDataError as exc:
+                raise StorageError(f"{self.path} is damaged: {exc}") from exc
+            applied += 1
+        self.offset += result.end
+        self.file_size = size
+        self.torn = result.torn
+        return applied > 0

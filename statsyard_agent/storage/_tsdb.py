@@ -1,0 +1,578 @@
+"""The single writer of a data directory: WAL, head, sealing, rollups and retention.
+
+Write path (:meth:`TSDB.write`), all under one lock:
+
+1. map each point's ``(name, tags)`` to its series id; new series are appended to the series
+   index and made durable *before* the WAL record that uses them;
+2. drop NaN values, duplicate series within the batch (the last one wins) and points for
+   windows that are already sealed (counted in ``stats.late_points_dropped``);
+3. append one checksummed FLUSH record to the WAL and fsync it (``config.fsync``);
+4. apply the record to the in-memory head, exactly as a reader replaying the WAL would.
+
+A failed append is truncated away again, so the disk never holds half a record after an
+error, and a retried batch is recognised by its fingerprint, so it is never stored twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from statsyard_agent._exceptions import CorruptDataError, StorageError
+from statsyard_agent._types import FlushBatch, SketchPoint, Tags
+
+from . import _files, _index, _records, _wal
+from ._config import SchemaResolver, StorageConfig
+from ._head import HeadSet
+from ._index import NewSeries, SeriesIndex
+from ._retention import Tier
+from ._wal import AppendFile, FlushRecord, SegmentState
+
+log = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+
+#: A segment is closed (and a new one started) once it grows past this size.
+SEGMENT_BYTES = 64 << 20
+_FINGERPRINTS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Counters the agent exports (cheap: no disk access to read them).
+
+    ``points_written`` counts points stored since open; ``late_points_dropped`` points that
+    arrived for an already sealed window; ``bytes_on_disk`` the index, WAL and partitions.
+    """
+
+    quarantined_partitions: int
+    points_written: int
+    bytes_on_disk: int
+    series: int
+    late_points_dropped: int
+    wal_bytes: int
+    partitions: int
+
+
+@dataclass(slots=True)
+class _Segment:
+    seq: int
+    path: Path
+    size: int
+    #: group id -> latest flush timestamp logged in this segment for that group
+    max_timestamp: dict[int, int]
+
+
+class TSDB:
+    """The single writer of a data directory (see the module docstring for the write path).
+
+    Blocking: the agent calls it from a worker thread. Methods are serialised by an internal
+    lock, so :meth:`write` and :meth:`maintain` may come from different threads. Use
+    :meth:`open`, not the constructor.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: StorageConfig,
+        lock_fd: int,
+        index: SeriesIndex,
+        index_file: AppendFile,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self._lock_fd = lock_fd
+        self._lock_inode = os.fstat(lock_fd).st_ino
+        self._mutex = threading.RLock()
+        self._closed = False
+        self._index = index
+        self._index_file = index_file
+        self._resolver = SchemaResolver(config)
+        self._heads = HeadSet(index)
+        self._segments: list[_Segment] = []
+        self._wal: AppendFile | None = None
+        self._previous_ids: IntArray | None = None
+        self._fingerprints: collections.deque[tuple[int, int, int, int]] = collections.deque(
+            maxlen=_FINGERPRINTS
+        )
+        self._last_names: tuple[tuple[str, ...], tuple[Tags, ...], IntArray] | None = None
+        self._points_written = 0
+        self._late_dropped = 0
+        self._quarantined = 0
+        self._partition_bytes = 0
+        self._partition_count = 0
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: Path, config: StorageConfig) -> TSDB:
+        """Open (creating if needed) ``data_dir`` as its only writer, and recover it.
+
+        Takes an exclusive ``flock`` on ``LOCK`` (a second writer gets a StorageError naming
+        the holder's pid and the lock file), removes leftover tmp files, truncates a torn
+        tail of the series index and of the WAL, and rebuilds the head from the WAL. Raises
+        StorageError, with what to do, when any of that is impossible.
+        """
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _files.storage_error("create the data directory", data_dir, exc) from exc
+        lock_fd = _take_lock(data_dir)
+        try:
+            _prepare_directory(data_dir, config)
+            index, index_file = _recover_index(data_dir, config.fsync)
+            tsdb = cls(data_dir, config, lock_fd, index, index_file)
+            try:
+                tsdb._recover()
+            except BaseException:
+                tsdb._release()
+                raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(lock_fd)
+            raise
+        return tsdb
+
+    def _recover(self) -> None:
+        self._scan_partitions()
+        self._replay_wal()
+        self._start_segment()
+
+    def _scan_partitions(self) -> None:
+        """Set each group's sealed frontier from the partitions on disk (and count bytes)."""
+        count = 0
+        size = 0
+        for gid, step, directory in _files.list_tier_dirs(self.data_dir):
+            tiers = self._index.groups.get(gid)
+            for _start, end, path in _files.list_partitions(directory):
+                count += 1
+                with contextlib.suppress(OSError):
+                    size += path.stat().st_size
+                if tiers is not None and step == tiers[0].step:
+                    self._heads.advance(gid, end)
+        self._partition_count = count
+        self._partition_bytes = size
+        quarantine = self.data_dir / _files.QUARANTINE_DIR
+        with contextlib.suppress(OSError):
+            self._quarantined = sum(1 for _ in quarantine.iterdir())
+
+    def _replay_wal(self) -> None:
+        states = _wal.segment_states(self.data_dir)
+        for state in states:
+            records: list[FlushRecord] = []
+            try:
+                torn, size = _wal.read_segment(state, records)
+            except StorageError as exc:
+                raise StorageError(
+                    f"{exc}; move the file out of {self.data_dir / _files.WAL_DIR} and restart"
+                ) from exc
+            if state.offset == 0:
+                # Crashed while creating the segment: not even the magic made it to disk.
+                _unlink(state.path)
+                continue
+            segment = _Segment(state.seq, state.path, state.offset, {})
+            for record in records:
+                self._heads.apply(record)
+                self._note_record(segment, record)
+            if torn:
+                log.warning(
+                    "%s: truncating a torn tail of %d bytes (an interrupted write)",
+                    state.path,
+                    size - state.offset,
+                )
+                try:
+                    os.truncate(state.path, state.offset)
+                except OSError as exc:
+                    raise _files.storage_error("truncate the torn WAL tail of", state.path, exc)
+            self._segments.append(segment)
+
+    def _note_record(self, segment: _Segment, record: FlushRecord) -> None:
+        gids = self._index.gids
+        ids = record.ids[record.ids < len(gids)]
+        present = set(np.unique(gids[ids]).tolist())
+        sketch_ids = record.sketch_ids[record.sketch_ids < len(gids)]
+        present.update(np.unique(gids[sketch_ids]).tolist())
+        for gid in present:
+            if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
+                segment.max_timestamp[gid] = record.timestamp
+        self._fingerprints.append(_fingerprint(record))
+
+    def _start_segment(self) -> None:
+        seq = self._segments[-1].seq + 1 if self._segments else 1
+        path = self.data_dir / _files.WAL_DIR / _files.wal_segment_name(seq)
+        try:
+            wal = AppendFile.open(path, _wal.MAGIC, fsync=self.config.fsync)
+        except OSError as exc:
+            raise _files.storage_error("create the WAL segment", path, exc) from exc
+        if self._wal is not None:
+            self._wal.close()
+        self._wal = wal
+        self._previous_ids = None
+        self._segments.append(_Segment(seq, path, wal.size, {}))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, batch: FlushBatch) -> int:
+        """Store one flush durably; returns the number of points stored.
+
+        NaN values are skipped (null); when a series appears twice in the batch the last
+        value wins; points stamped before the sealed frontier of their group are dropped and
+        counted (``stats.late_points_dropped``). Raises StorageError (ENOSPC, EACCES, the
+        directory removed...) with nothing half-written left behind: the same batch may be
+        retried and is stored exactly once. Raises ValueError for a malformed batch.
+        """
+        n = len(batch.names)
+        if not (len(batch.tags) == len(batch.rollups) == len(batch.values) == n):
+            raise ValueError("FlushBatch columns differ in length")
+        interval = float(batch.interval)
+        if not (interval > 0 and np.isfinite(interval)):
+            raise ValueError(f"FlushBatch.interval must be positive, got {batch.interval!r}")
+        timestamp = int(batch.timestamp)
+        with self._mutex:
+            self._check_usable()
+            ids = self._point_ids(batch)
+            sketch_ids = self._sketch_ids(batch.sketches)
+            values = np.asarray(batch.values, dtype=np.float64)
+            keep = ~np.isnan(values) & _last_occurrence(ids, len(self._index))
+            keep &= self._unsealed(ids, timestamp)
+            sketch_keep = _last_occurrence(sketch_ids, len(self._index))
+            sketch_keep &= self._unsealed(sketch_ids, timestamp)
+            dropped_late = int((~self._unsealed(ids, timestamp) & ~np.isnan(values)).sum())
+            record = FlushRecord(
+                timestamp,
+                interval,
+                ids[keep],
+                values[keep],
+                sketch_ids[sketch_keep],
+                [p.sketch for p, k in zip(batch.sketches, sketch_keep.tolist(), strict=True) if k],
+            )
+            fingerprint = _fingerprint(record)
+            if fingerprint in self._fingerprints:
+                return len(record.ids)  # a retry of a batch already stored
+            if len(record.ids) or len(record.sketch_ids):
+                self._log(record)
+                self._heads.apply(record)
+            self._fingerprints.append(fingerprint)
+            self._points_written += len(record.ids)
+            self._late_dropped += dropped_late
+            if dropped_late:
+                log.warning(
+                    "dropped %d points stamped %d: their window is already sealed",
+                    dropped_late,
+                    timestamp,
+                )
+            return len(record.ids)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"the TSDB at {self.data_dir} is closed")
+        try:
+            inode = os.stat(self.data_dir / _files.LOCK).st_ino
+        except OSError as exc:
+            raise StorageError(
+                f"the data directory {self.data_dir} is gone or unreadable "
+                f"({_files.describe_os_error(exc)}); restore it or restart the agent"
+            ) from exc
+        if inode != self._lock_inode or not self._index_file.still_linked():
+            raise StorageError(
+                f"the data directory {self.data_dir} was removed or replaced while open; "
+                "restart the agent to start a fresh one"
+            )
+
+    def _unsealed(self, ids: IntArray, timestamp: int) -> npt.NDArray[np.bool_]:
+        out = np.ones(len(ids), dtype=bool)
+        frontier = self._heads.frontier
+        if not frontier or len(ids) == 0:
+            return out
+        gids = self._index.gids[ids]
+        for gid, edge in frontier.items():
+            if timestamp < edge:
+                out &= gids != gid
+        return out
+
+    def _point_ids(self, batch: FlushBatch) -> IntArray:
+        names, tags = batch.names, batch.tags
+        cached = self._last_names
+        if cached is not None and cached[0] == names and cached[1] == tags:
+            return cached[2]
+        get = self._index.point_ids.get
+        ids = np.fromiter(
+            (get(key, -1) for key in zip(names, tags, strict=True)), dtype=np.int64, count=len(names)
+        )
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            wanted: dict[tuple[str, Tags], int] = {}
+            for i in missing.tolist():
+                wanted.setdefault((names[i], tags[i]), int(batch.rollups[i]))
+            self._register([(key, kind) for key, kind in wanted.items()])
+            point_ids = self._index.point_ids
+            ids[missing] = [point_ids[(names[i], tags[i])] for i in missing.tolist()]
+        self._last_names = (names, tags, ids)
+        return ids
+
+    def _sketch_ids(self, sketches: tuple[SketchPoint, ...]) -> IntArray:
+        if not sketches:
+            return np.zeros(0, dtype=np.int64)
+        known = self._index.sketch_ids
+        missing = {(p.name, p.tags) for p in sketches if (p.name, p.tags) not in known}
+        if missing:
+            ordered = [((p.name, p.tags), _index.SKETCH_KIND) for p in sketches]
+            new = list(dict.fromkeys(k for k in ordered if k[0] in missing))
+            self._register(new)
+        known = self._index.sketch_ids
+        return np.array([known[(p.name, p.tags)] for p in sketches], dtype=np.int64)
+
+    def _register(self, keys: list[tuple[tuple[str, Tags], int]]) -> None:
+        """Append new series (and new retention groups) to the index, durably."""
+        index = self._index
+        payloads: list[bytes] = []
+        new_groups: dict[tuple[Tier, ...], int] = {}
+        entries = []
+        next_gid = max(index.groups, default=-1) + 1
+        for (name, tags), kind in keys:
+            tiers = self._resolver.tiers_for(name)
+            gid = index.group_id(tiers)
+            if gid is None:
+                gid = new_groups.get(tiers)
+                if gid is None:
+                    gid = new_groups[tiers] = next_gid
+                    next_gid += 1
+                    payloads.append(_index.encode_group(gid, tiers))
+            entries.append(NewSeries(name, tags, kind, gid))
+        payloads.append(_index.encode_series(len(index), entries))
+        data = b"".join(_records.frame(p) for p in payloads)
+        try:
+            self._index_file.append(data, fsync=self.config.fsync)
+        except OSError as exc:
+            raise _files.storage_error("append to the series index", self._index_file.path, exc)
+        for payload in payloads:
+            index.apply(payload)
+
+    def _log(self, record: FlushRecord) -> None:
+        """Append ``record`` to the WAL (rotating first when the segment is full)."""
+        if self._wal is None or self._wal.size >= SEGMENT_BYTES:
+            self._start_segment()
+        wal = self._wal
+        assert wal is not None
+        if not wal.still_linked():
+            raise StorageError(
+                f"the WAL segment {wal.path} was removed behind the agent's back; "
+                "restart the agent"
+            )
+        previous = self._previous_ids
+        same = previous is not None and np.array_equal(previous, record.ids)
+        payload = _records.frame(_wal.encode_flush(record, same_ids=same))
+        try:
+            wal.append(payload, fsync=self.config.fsync)
+        except OSError as exc:
+            raise _files.storage_error("append to the WAL segment", wal.path, exc) from exc
+        self._previous_ids = record.ids
+        segment = self._segments[-1]
+        segment.size = wal.size
+        self._note_record_groups(segment, record)
+
+    def _note_record_groups(self, segment: _Segment, record: FlushRecord) -> None:
+        gids = self._index.gids
+        present = set(np.unique(gids[record.ids]).tolist())
+        present.update(np.unique(gids[record.sketch_ids]).tolist())
+        for gid in present:
+            if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
+                segment.max_timestamp[gid] = record.timestamp
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def maintain(self, now: float) -> None:
+        """Seal due windows, build rollup tiers, apply retention, drop obsolete WAL segments.
+
+        Idempotent; safe to call as often as wanted (the agent calls it after writes and on
+        an idle timer). Raises StorageError when the disk refuses; nothing is left half-done.
+        """
+        with self._mutex:
+            self._check_usable()
+
+    # -- closing and stats -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the lock and the files; seals nothing. Idempotent."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+        self._index_file.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> TSDB:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> WriterStats:
+        with self._mutex:
+            wal_bytes = sum(s.size for s in self._segments)
+            return WriterStats(
+                quarantined_partitions=self._quarantined,
+                points_written=self._points_written,
+                bytes_on_disk=self._index_file.size + wal_bytes + self._partition_bytes,
+                series=len(self._index.point_ids),
+                late_points_dropped=self._late_dropped,
+                wal_bytes=wal_bytes,
+                partitions=self._partition_count,
+            )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _take_lock(data_dir: Path) -> int:
+    path = data_dir / _files.LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _files.storage_error("open the lock file", path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = os.pread(fd, 64, 0).decode().strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            who = f"process {holder}" if holder else "another process"
+            raise StorageError(
+                f"{data_dir} is already being written by {who} (lock file {path}); stop that "
+                "agent or give this one another data directory"
+            ) from exc
+        raise _files.storage_error("lock", path, exc) from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise _files.storage_error("write the lock file", path, exc) from exc
+    return fd
+
+
+def _prepare_directory(data_dir: Path, config: StorageConfig) -> None:
+    """Check or create the marker, create the sub-directories, remove leftover tmp files."""
+    marker = data_dir / _files.MARKER
+    if marker.exists():
+        meta = _files.read_marker(data_dir)
+    else:
+        others = [
+            p.name
+            for p in data_dir.iterdir()
+            if p.name not in (_files.LOCK, _files.MARKER + _files.TMP_SUFFIX)
+        ]
+        if others:
+            raise StorageError(
+                f"{data_dir} is not empty and is not a StatsYard data directory (found "
+                f"{sorted(others)[:3]}); choose an empty or new directory"
+            )
+        meta = {}
+    wanted = {"xfiles_factor": config.xfiles_factor}
+    try:
+        for sub in (_files.WAL_DIR, _files.DATA_DIR, _files.QUARANTINE_DIR):
+            (data_dir / sub).mkdir(exist_ok=True)
+        if {k: meta.get(k) for k in wanted} != wanted:
+            _files.write_marker(data_dir, {**meta, **wanted}, fsync=config.fsync)
+        _remove_tmp_files(data_dir)
+    except OSError as exc:
+        raise _files.storage_error("prepare the data directory", data_dir, exc) from exc
+
+
+def _remove_tmp_files(data_dir: Path) -> None:
+    for root, _dirs, names in os.walk(data_dir):
+        for name in names:
+            if name.endswith(_files.TMP_SUFFIX):
+                _unlink(Path(root) / name)
+
+
+def _recover_index(data_dir: Path, fsync: bool) -> tuple[SeriesIndex, AppendFile]:
+    path = data_dir / _files.INDEX
+    index = SeriesIndex(path)
+    try:
+        raw = path.read_bytes() if path.exists() else b""
+    except OSError as exc:
+        raise _files.storage_error("read the series index", path, exc) from exc
+    end = 0
+    if raw and not raw.startswith(_index.MAGIC):
+        if not _index.MAGIC.startswith(raw):
+            raise StorageError(
+                f"{path} is not a StatsYard series index; the data directory is damaged "
+                "(restore it from a backup or start with an empty directory)"
+            )
+        raw = b""  # crashed while creating it
+    if raw:
+        payloads: list[memoryview] = []
+        scan = _records.scan(raw, len(_index.MAGIC), payloads)
+        end = len(_index.MAGIC)
+        for payload in payloads:
+            try:
+                index.apply(payload)
+            except CorruptDataError:
+                break
+            end += _records.HEADER.size + len(payload)
+        if end < len(raw):
+            log.warning(
+                "%s: truncating a torn tail of %d bytes (an interrupted write)",
+                path,
+                len(raw) - end,
+            )
+        del scan
+    try:
+        if raw and end < len(raw):
+            os.truncate(path, end)
+        elif not raw and path.exists():
+            os.truncate(path, 0)
+        index_file = AppendFile.open(path, _index.MAGIC, fsync=fsync)
+    except OSError as exc:
+        raise _files.storage_error("open the series index", path, exc) from exc
+    index.offset = index_file.size
+    index.file_size = index_file.size
+    return index, index_file
+
+
+def _last_occurrence(ids: IntArray, size: int) -> npt.NDArray[np.bool_]:
+    """True for each element that is the last occurrence of its id."""
+    n = len(ids)
+    if n < 2:
+        return np.ones(n, dtype=bool)
+    position = np.full(max(size, int(ids.max()) + 1), -1, dtype=np.int64)
+    position[ids] = np.arange(n)  # later positions overwrite earlier ones
+    keep: npt.NDArray[np.bool_] = position[ids] == np.arange(n)
+    return keep
+
+
+def _fingerprint(record: FlushRecord) -> tuple[int, int, int, int]:
+    crc = zlib.crc32(record.ids.tobytes())
+    crc = zlib.crc32(record.values.tobytes(), crc)
+    crc = zlib.crc32(record.sketch_ids.tobytes(), crc)
+    for blob in record.sketches:
+        crc = zlib.crc32(blob, crc)
+    interval_bits = int(np.float64(record.interval).view(np.int64))
+    return (record.timestamp, interval_bits, len(record.ids), crc)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Python packages, Debian packages when missing, the npm client)
+# and run lint, type-check and the whole test suite. This is the README's test command; CI runs it.
+#   bash tests/run-all.sh            default suite
+#   bash tests/run-all.sh -m long    the heavy fault-injection runs (extra args go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (run as root or: sudo apt-get install ${missing[*]})" >&2
+    return 0
+  fi
+  step "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+
+step "pip install -e '.[test]'"
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' || true
+
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/clients/node_modules/hot-shots ]; then
+  step "npm install hot-shots (the Node.js StatsD client used by the client tests)"
+  npm install --silent --no-audit --no-fund --prefix tests/clients >/dev/null 2>&1 \
+    || echo "npm install failed: the hot-shots test will be skipped" >&2
+fi
+
+step "ruff check"
+python3 -m ruff check statsyard_agent tests bench
+step "mypy --strict statsyard_agent"
+python3 -m mypy --strict statsyard_agent
+step "pytest"
+python3 -m pytest "$@"
