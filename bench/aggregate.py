@@ -2,7 +2,7 @@
 
 Usage: ``python bench/aggregate.py [--series N] [--samples M] [--kind timer|mixed]
 [--percentiles 90,99,-10] [--repeat R]``. The default is the target workload: 100,000 timer
-series and 1,000,000 samples in one interval (10 % of the lines at sample rate 0.5). ``mixed``
+series and 1,000,000 samples in one interval (one series in ten at sample rate 0.5). ``mixed``
 spreads the series evenly over counters, gauges, timers, histograms, distributions and sets.
 
 Prints figures only; it never asserts on time.
@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import statistics
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -50,7 +52,9 @@ def make_metrics(n_series: int, n_samples: int, kind: str, seed: int = 1) -> lis
     which = np.concatenate((np.arange(n_series), rng.integers(0, n_series, max(0, n_samples - n_series))))
     rng.shuffle(which)
     values = np.round(rng.lognormal(3.0, 1.0, which.size), 3).tolist()
-    rates = np.where(rng.random(which.size) < 0.1, 0.5, 1.0).tolist()
+    # Sample rates belong to call sites: one series in ten is sampled at 0.5.
+    series_rate = np.where(rng.random(n_series) < 0.1, 0.5, 1.0)
+    rates = series_rate[which].tolist()
     out = []
     for i, v, r in zip(which.tolist(), values, rates, strict=True):
         k = series_kind[i]
@@ -73,13 +77,32 @@ def bare_dict_ns(metrics: list[Metric]) -> float:
     return (time.perf_counter() - t0) * 1e9 / len(metrics)
 
 
+def held_bytes_per_series(metrics: list[Metric], config: AggregatorConfig) -> float:
+    """Python heap held per series between flushes (keys, TTL book-keeping), via tracemalloc."""
+    first = {(m.kind, m.name, m.tags): m for m in metrics}
+
+    def fresh(text: str) -> str:  # a new str object, as the parser would make per datagram
+        return text.encode().decode()
+
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    aggregator = Aggregator(config)
+    for m in first.values():
+        tags = tuple((fresh(k), fresh(v)) for k, v in m.tags)
+        aggregator.add(m._replace(name=fresh(m.name), tags=tags))
+    aggregator.take_snapshot(10, 10.0)  # dropped at once: what stays is the idle state
+    held = tracemalloc.get_traced_memory()[0] - start
+    tracemalloc.stop()
+    return held / max(1, aggregator.active_series)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--kind", choices=("timer", "mixed"), default="timer")
     parser.add_argument("--percentiles", default="90")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     percentiles = tuple(float(p) for p in args.percentiles.split(","))
     config = AggregatorConfig(percentiles=percentiles, max_series=10 * args.series)
@@ -97,28 +120,26 @@ def main() -> None:
     adds, snaps, builds = [], [], []
     batch = None
     rss_base = rss_bytes()
+    rss_open = 0
     aggregator = Aggregator(config)
-    rss_held = 0
     for round_ in range(args.repeat):
+        batch = None
         gc.collect()
         add = aggregator.add
         t0 = time.perf_counter()
         for m in metrics:
             add(m)
         t1 = time.perf_counter()
-        if round_ == 0:
-            rss_open = rss_bytes()
+        rss_open = max(rss_open, rss_bytes())
         snapshot = aggregator.take_snapshot(10 * (round_ + 1), 10.0)
         t2 = time.perf_counter()
         batch = build_flush_batch(snapshot)
         t3 = time.perf_counter()
         del snapshot
-        if round_ == 0:
-            gc.collect()
-            rss_held = rss_bytes()
         adds.append(t1 - t0)
         snaps.append(t2 - t1)
         builds.append(t3 - t2)
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     assert batch is not None
     idle_t0 = time.perf_counter()
@@ -128,34 +149,37 @@ def main() -> None:
     idle_t2 = time.perf_counter()
 
     n = len(metrics)
+    series = aggregator.active_series
     sketch_bytes = sum(len(s.sketch) for s in batch.sketches)
-    print(f"active series:         {aggregator.active_series:,}")
+
+    def ms(times: list[float]) -> str:
+        median, low, high = (statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3)
+        return f"{median:.1f} ms (min {low:.1f}, max {high:.1f})"
+
+    print(f"active series:         {series:,}")
     print(
         f"points per flush:      {len(batch):,} (+ {len(batch.sketches):,} sketches, "
         f"{sketch_bytes / max(1, len(batch.sketches)):.0f} B/sketch on average)"
     )
     print(
         f"add():                 {statistics.median(adds) * 1e9 / n:.0f} ns/line "
-        f"({n / statistics.median(adds) / 1e6:.2f} M lines/s, median of {args.repeat}; "
+        f"({n / statistics.median(adds) / 1e6:.2f} M lines/s; "
         f"a bare dict get+set loop: {baseline:.0f} ns/line)"
     )
+    print(f"take_snapshot:         {ms(snaps)}   [median of {args.repeat} flushes]")
+    print(f"build_flush_batch:     {ms(builds)}")
     print(
-        f"take_snapshot:         {statistics.median(snaps) * 1e3:.1f} ms "
-        f"(min {min(snaps) * 1e3:.1f}, max {max(snaps) * 1e3:.1f})"
+        f"all idle:              take_snapshot {(idle_t1 - idle_t0) * 1e3:.1f} ms, "
+        f"build {(idle_t2 - idle_t1) * 1e3:.1f} ms"
     )
     print(
-        f"build_flush_batch:     {statistics.median(builds) * 1e3:.1f} ms "
-        f"(min {min(builds) * 1e3:.1f}, max {max(builds) * 1e3:.1f})"
-    )
-    print(f"all idle: snapshot {(idle_t1 - idle_t0) * 1e3:.1f} ms, build {(idle_t2 - idle_t1) * 1e3:.1f} ms")
-    print(
-        f"RSS with the interval open (samples buffered): "
-        f"{(rss_open - rss_base) / args.series:.0f} B/series over the baseline"
+        f"RSS, interval open:    {(rss_open - rss_base) / series:,.0f} B/series "
+        f"(keys + {n / series:.0f} samples each)"
     )
     print(
-        f"RSS holding the series between flushes:        "
-        f"{(rss_held - rss_base) / args.series:.0f} B/series over the baseline"
+        f"RSS, peak of a flush:  {(rss_peak - rss_base) / series:,.0f} B/series (incl. the batch being built)"
     )
+    print(f"heap held when idle:   {held_bytes_per_series(metrics, config):,.0f} B/series (tracemalloc)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Usage: python bench/codec.py [--points N ...] [--seed S] [--repeat R]
 
+Methods: dec<k> = scaled integers with k decimals (+ ulp corrections), xor = XOR + byte
+shuffle, xor-u = XOR unshuffled, raw = plain float64.
+
 Each column is one series flushed every 10 s for N flushes (one stored chunk). The workload:
 
 counters   ``count`` (integers) and ``rate`` (= count / 10 s, one decimal). Activity classes:
@@ -28,6 +31,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +75,8 @@ TIMER_CLASSES = (
     ("noisy", None, 0.20),
 )
 N_COUNTERS, N_GAUGES, N_TIMERS = 100, 40, 30
+# First byte of an encoded values column (dec<k> = scaled integers with k decimals).
+METHODS = {0x20: "raw", 0x30: "xor", 0x31: "xor-u"}
 
 
 def workload(n: int, seed: int) -> list[tuple[str, FloatArray, float]]:
@@ -96,12 +102,15 @@ def _gauge(rng: np.random.Generator, label: str, n: int) -> FloatArray:
     # The noisy gauge is refreshed every 6th flush (once a minute), the others on 2 %.
     change = np.arange(n) % 6 == 0 if label == "noisy 1/min" else rng.random(n) < 0.02
     index = np.cumsum(change)
-    levels = {
-        "int rare": lambda k: 1000.0 + rng.integers(-50, 50, k),
-        "2dec rare": lambda k: np.round(rng.uniform(0, 100, k), 2),
-        "noisy 1/min": lambda k: rng.uniform(0, 100, k),
-    }[label](int(index[-1]) + 1)
-    return np.asarray(levels, dtype=np.float64)[index]
+    k = int(index[-1]) + 1
+    if label == "int rare":
+        levels = 1000.0 + rng.integers(-50, 50, k).astype(np.float64)
+    elif label == "2dec rare":
+        levels = np.round(rng.uniform(0, 100, k), 2)
+    else:
+        levels = rng.uniform(0, 100, k)
+    gauge: FloatArray = levels[index]
+    return gauge
 
 
 def _timer(rng: np.random.Generator, decimals: int | None, n: int) -> dict[str, FloatArray]:
@@ -144,11 +153,11 @@ def run(n: int, seed: int, repeat: int) -> None:
     for label, values, weight in columns:
         data = encode_values(values)
         assert np.array_equal(decode_values(data).view(np.uint64), values.view(np.uint64))
-        enc = best_time(lambda v=values: encode_values(v), repeat)
-        dec = best_time(lambda d=data: decode_values(d), repeat)
+        enc = best_time(partial(encode_values, values), repeat)
+        dec = best_time(partial(decode_values, data), repeat)
         enc_times.append(enc)
         per_point = len(data) / n
-        method = {0x2: "raw", 0x3: "xor", 0x4: f"dec{data[0] & 0xF}"}[data[0] >> 4]
+        method = METHODS.get(data[0], f"dec{data[0] & 0xF}")
         print(f"{label:34s} {method:>6s} {per_point:8.3f} {enc * 1e6:8.0f} {dec * 1e6:8.0f}")
         weighted_bytes += len(data) * weight
         weighted_points += n * weight

@@ -34,7 +34,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from ._exceptions import ConfigError
-from ._sketch import IntArray, segment_argsort, sketch_bytes_from_segments
+from ._sketch import IntArray, group_argsort, sketch_bytes_from_segments
 from ._timerstats import percentile_label, timer_stats_sorted
 from ._types import (
     Event,
@@ -104,30 +104,6 @@ class AggregatorConfig:
             raise ConfigError("max_series", f"must be >= 0, got {self.max_series}")
 
 
-class _Samples:
-    """The samples of one timer-like series in one interval.
-
-    ``weights`` (``1 / rate`` per sample) stays ``None`` while every sample had rate 1, which is
-    the common case and keeps it to one 8-byte append per sample.
-    """
-
-    __slots__ = ("values", "weights")
-
-    def __init__(self) -> None:
-        self.values: array[float] = array("d")
-        self.weights: array[float] | None = None
-
-    def add_weighted(self, values: tuple[float, ...], weight: float) -> None:
-        weights = self.weights
-        if weights is None:
-            weights = self.weights = array("d", [1.0]) * len(self.values)
-        self.values.extend(values)
-        if len(values) == 1:
-            weights.append(weight)
-        else:
-            weights.extend([weight] * len(values))
-
-
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
@@ -149,6 +125,19 @@ class _Family(Generic[_K, _V]):
         self.new = 0
 
 
+class _TimerFamily(_Family[SeriesKey, "array[float]"]):
+    """A timer-like kind. A series whose samples all came at rate 1 keeps them in ``data`` (one
+    8-byte append each); from its first sample at another rate on, it moves to ``weighted``,
+    which holds interleaved ``(value, 1 / rate)`` pairs. A key is in at most one of the two.
+    """
+
+    __slots__ = ("weighted",)
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(tag)
+        self.weighted: dict[SeriesKey, array[float]] = {}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Taken(Generic[_K, _V]):
     """One kind's share of a snapshot: the interval's ``data`` and the ``idle`` keys.
@@ -159,6 +148,19 @@ class Taken(Generic[_K, _V]):
 
     data: Mapping[_K, _V]
     idle: tuple[_K, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TakenSamples:
+    """A timer-like kind's share of a snapshot (see :class:`Taken`).
+
+    ``data`` maps a series whose samples all had rate 1 to them, ``weighted`` maps every other
+    series with data to interleaved ``(value, 1 / rate)`` pairs; no key is in both.
+    """
+
+    data: Mapping[SeriesKey, array[float]]
+    weighted: Mapping[SeriesKey, array[float]]
+    idle: tuple[SeriesKey, ...]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -176,9 +178,9 @@ class Snapshot:
     counters: Taken[SeriesKey, float]
     #: Every live gauge's current value (gauges persist across intervals).
     gauges: Mapping[SeriesKey, float]
-    timers: Taken[SeriesKey, _Samples]
-    histograms: Taken[SeriesKey, _Samples]
-    distributions: Taken[SeriesKey, _Samples]
+    timers: TakenSamples
+    histograms: TakenSamples
+    distributions: TakenSamples
     sets: Taken[SeriesKey, set[str]]
     #: Keyed by the point's tags (the event's tags plus ``alert_type``).
     events: Taken[Tags, float]
@@ -212,9 +214,9 @@ class Aggregator:
         self._counters: _Family[SeriesKey, float] = _Family("c")
         self._gauges: _Family[SeriesKey, float] = _Family("g")
         self._gauge_values: dict[SeriesKey, float] = {}
-        self._timers: _Family[SeriesKey, _Samples] = _Family("ms")
-        self._histograms: _Family[SeriesKey, _Samples] = _Family("h")
-        self._distributions: _Family[SeriesKey, _Samples] = _Family("d")
+        self._timers = _TimerFamily("ms")
+        self._histograms = _TimerFamily("h")
+        self._distributions = _TimerFamily("d")
         self._sets: _Family[SeriesKey, set[str]] = _Family("s")
         self._events: _Family[Tags, float] = _Family("_e")
         self._checks: _Family[Tags, float] = _Family("_sc")
@@ -249,15 +251,9 @@ class Aggregator:
             else:
                 family = self._distributions
             samples = family.data.get(key)
-            if samples is None:
-                if not self._admit(family, key):
-                    return False
-                samples = family.data[key] = _Samples()
-            rate = metric.rate
-            if rate == 1.0 and samples.weights is None:
-                samples.values.extend(metric.values)
-            else:
-                samples.add_weighted(metric.values, 1.0 / rate)
+            if samples is None or metric.rate != 1.0:
+                return self._add_samples(family, key, metric)
+            samples.extend(metric.values)
             return True
         if kind is _COUNTER:
             counters = self._counters
@@ -300,6 +296,29 @@ class Aggregator:
             members.update(metric.members)
             return True
         raise ValueError(f"unknown metric kind {kind!r}")
+
+    def _add_samples(self, family: _TimerFamily, key: SeriesKey, metric: Metric) -> bool:
+        """The slow path of a timer-like ``add``: a new series, or a rate other than 1."""
+        rate = metric.rate
+        pairs = family.weighted.get(key)
+        if pairs is None:
+            plain = family.data.pop(key, None)
+            if plain is None:
+                if not self._admit(family, key):
+                    return False
+                if rate == 1.0:
+                    family.data[key] = array("d", metric.values)
+                    return True
+                pairs = array("d")
+            else:
+                pairs = array("d", [1.0]) * (2 * len(plain))
+                pairs[0::2] = plain
+            family.weighted[key] = pairs
+        weight = 1.0 / rate
+        for value in metric.values:
+            pairs.append(value)
+            pairs.append(weight)
+        return True
 
     def add_event(self, event: Event) -> bool:
         """Count one event in ``{prefix}.events`` with its tags plus ``alert_type``."""
@@ -366,9 +385,9 @@ class Aggregator:
             config=self._config,
             counters=counters,
             gauges=dict(values),
-            timers=self._roll(self._timers, timestamp, cutoff),
-            histograms=self._roll(self._histograms, timestamp, cutoff),
-            distributions=self._roll(self._distributions, timestamp, cutoff),
+            timers=self._roll_samples(self._timers, timestamp, cutoff),
+            histograms=self._roll_samples(self._histograms, timestamp, cutoff),
+            distributions=self._roll_samples(self._distributions, timestamp, cutoff),
             sets=self._roll(self._sets, timestamp, cutoff),
             events=self._roll(self._events, timestamp, cutoff),
             service_checks=self._roll(self._checks, timestamp, cutoff),
@@ -377,21 +396,39 @@ class Aggregator:
     def _roll(self, family: _Family[_K, _V], timestamp: int, cutoff: float) -> Taken[_K, _V]:
         data = family.data
         family.data = {}
+        return Taken(data, self._age(family, data, timestamp, cutoff))
+
+    def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
+        data, weighted = family.data, family.weighted
+        family.data, family.weighted = {}, {}
+        active: Mapping[SeriesKey, object] = {**data, **weighted} if weighted else data
+        return TakenSamples(data, weighted, self._age(family, active, timestamp, cutoff))
+
+    def _age(
+        self, family: _Family[_K, _V], active: Mapping[_K, object], timestamp: int, cutoff: float
+    ) -> tuple[_K, ...]:
+        """Stamp the ``active`` keys, expire idle ones past the TTL, return the other idle."""
         seen = family.seen
-        idle: list[_K] = []
+        idle: tuple[_K, ...] = ()
         # Every seen key had data this interval unless seen outnumbers the re-seen keys.
-        if len(seen) > len(data) - family.new:
-            expired: list[_K] = []
+        if len(seen) > len(active) - family.new:
             # dict_keys - dict uses the stored hashes: no tuple is re-hashed.
-            for key in seen.keys() - data:
-                (expired if seen[key] < cutoff else idle).append(key)
-            for key in expired:
-                del seen[key]
-            self._n_series -= len(expired)
-            self.expired_series += len(expired)
+            quiet = seen.keys() - active
+            if min(seen.values()) >= cutoff:  # nothing can expire: skip the per-key loop
+                idle = tuple(quiet)
+            else:
+                kept: list[_K] = []
+                expired: list[_K] = []
+                for key in quiet:
+                    (expired if seen[key] < cutoff else kept).append(key)
+                for key in expired:
+                    del seen[key]
+                self._n_series -= len(expired)
+                self.expired_series += len(expired)
+                idle = tuple(kept)
         family.new = 0
-        seen.update(dict.fromkeys(data, timestamp))
-        return Taken(data, tuple(idle))
+        seen.update(dict.fromkeys(active, timestamp))
+        return idle
 
 
 # -- build ---------------------------------------------------------------------------------------
@@ -420,12 +457,20 @@ class _Columns:
         return FlushBatch(
             timestamp=timestamp,
             interval=interval,
-            names=tuple(itertools.chain.from_iterable(self.names)),
-            tags=tuple(itertools.chain.from_iterable(self.tags)),
-            rollups=tuple(itertools.chain.from_iterable(self.rollups)),
+            names=_flatten(self.names),
+            tags=_flatten(self.tags),
+            rollups=_flatten(self.rollups),
             values=values,
             sketches=sketches,
         )
+
+
+def _flatten(blocks: Iterable[Sequence[_V]]) -> tuple[_V, ...]:
+    # list += is a memcpy per block, much cheaper than iterating a chain element by element.
+    flat: list[_V] = []
+    for block in blocks:
+        flat += block
+    return tuple(flat)
 
 
 def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
@@ -482,42 +527,28 @@ def _build_timers(
     root: str,
     interval: float,
     percentiles: tuple[float, ...],
-    groups: Iterable[tuple[str, Taken[SeriesKey, _Samples]]],
+    groups: Iterable[tuple[str, TakenSamples]],
 ) -> tuple[SketchPoint, ...]:
-    bases: list[str] = []
-    tags: list[Tags] = []
-    samples: list[_Samples] = []
-    idle_bases: list[str] = []
-    idle_tags: list[Tags] = []
-    for namespace, taken in groups:
-        prefix = f"{root}{namespace}."
-        for (name, series_tags), series in taken.data.items():
-            if series.values:
-                bases.append(prefix + name)
-                tags.append(series_tags)
-                samples.append(series)
-            else:  # opened without values: nothing to summarise, report it like an idle one
-                idle_bases.append(prefix + name)
-                idle_tags.append(series_tags)
-        for name, series_tags in taken.idle:
-            idle_bases.append(prefix + name)
-            idle_tags.append(series_tags)
-
+    gathered = _gather_samples(root, groups)
+    bases, tags = gathered.bases, gathered.tags
     sketch_points: tuple[SketchPoint, ...] = ()
-    if samples:
-        lengths = np.fromiter((len(s.values) for s in samples), np.int64, len(samples))
-        offsets = np.zeros(len(samples) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.frombuffer(b"".join(s.values for s in samples), dtype=np.float64)
-        weights = _joined_weights(samples, lengths)
-        order = segment_argsort(values, offsets)
-        ordered = values[order]
-        if weights is None:
-            counts = lengths.astype(np.float64)
+    if bases:
+        order = group_argsort(gathered.values, gathered.series)
+        ordered = gathered.values[order]
+        n = np.bincount(gathered.series, minlength=len(bases))
+        offsets = np.zeros(len(bases) + 1, dtype=np.int64)
+        np.cumsum(n, out=offsets[1:])
+        if gathered.weights is None:
+            counts = n.astype(np.float64)
             ordered_weights = None
         else:
-            counts = np.add.reduceat(weights, offsets[:-1])
-            ordered_weights = weights[order]
+            counts = np.bincount(gathered.series, gathered.weights, minlength=len(bases)).astype(np.float64)
+            ordered_weights = gathered.weights[order]
+        # The sketch points first: creating 100k objects triggers many young-generation
+        # collections, which are cheap only while the big name lists below do not exist yet.
+        encoded = sketch_bytes_from_segments(ordered, ordered_weights, offsets, presorted=True)
+        sketch_points = tuple(map(SketchPoint, bases, tags, encoded))
+        del encoded
         stats = timer_stats_sorted(ordered, offsets, counts, interval=interval, percentiles=percentiles)
         blocks: tuple[tuple[str, Rollup, FloatArray], ...] = (
             ("count", _SUM, stats.count),
@@ -551,22 +582,74 @@ def _build_timers(
             ):
                 suffix = "." + stat + label
                 out.add([b + suffix for b in pct_bases], pct_tags, rollup, column[pick])
-        encoded = sketch_bytes_from_segments(ordered, ordered_weights, offsets, presorted=True)
-        sketch_points = tuple(map(SketchPoint, bases, tags, encoded))
 
+    idle_bases, idle_tags = gathered.idle_bases, gathered.idle_tags
     zeros = np.zeros(len(idle_bases))
     out.add([b + ".count" for b in idle_bases], idle_tags, _SUM, zeros)
     out.add([b + ".count_ps" for b in idle_bases], idle_tags, _RATE, zeros)
     return sketch_points
 
 
-def _joined_weights(samples: list[_Samples], lengths: IntArray) -> FloatArray | None:
-    """All samples' weights in one array, or None when every sample had rate 1."""
-    if all(s.weights is None for s in samples):
-        return None
-    ones = memoryview(np.ones(int(lengths.max())).tobytes())
-    joined = b"".join(s.weights if s.weights is not None else ones[: 8 * len(s.values)] for s in samples)
-    return np.frombuffer(joined, dtype=np.float64)
+@dataclass(slots=True)
+class _Gathered:
+    """All timer-like samples of a snapshot, flat: sample ``j`` belongs to series
+    ``series[j]`` (``bases[series[j]]`` with ``tags[series[j]]``); ``weights`` is None when
+    every sample had rate 1."""
+
+    bases: list[str]
+    tags: list[Tags]
+    values: FloatArray
+    weights: FloatArray | None
+    series: IntArray
+    idle_bases: list[str]
+    idle_tags: list[Tags]
+
+
+def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _Gathered:
+    keys: list[SeriesKey] = []
+    bases: list[str] = []
+    plain_parts: list[array[float]] = []
+    pair_parts: list[array[float]] = []
+    plain_series: list[int] = []
+    pair_series: list[int] = []
+    idle_bases: list[str] = []
+    idle_tags: list[Tags] = []
+    for namespace, taken in groups:
+        prefix = f"{root}{namespace}."
+        plain_series += range(len(keys), len(keys) + len(taken.data))
+        keys += taken.data
+        pair_series += range(len(keys), len(keys) + len(taken.weighted))
+        keys += taken.weighted
+        plain_parts += taken.data.values()
+        pair_parts += taken.weighted.values()
+        bases += [prefix + name for name, _ in itertools.chain(taken.data, taken.weighted)]
+        idle_bases += [prefix + name for name, _ in taken.idle]
+        idle_tags += [t for _, t in taken.idle]
+    tags = [t for _, t in keys]
+
+    plain = np.frombuffer(b"".join(plain_parts), dtype=np.float64) if plain_parts else np.zeros(0)
+    plain_lengths = np.fromiter(map(len, plain_parts), np.int64, len(plain_parts))
+    series = np.repeat(np.asarray(plain_series, dtype=np.int64), plain_lengths)
+    values: FloatArray = plain
+    weights: FloatArray | None = None
+    if pair_parts:
+        interleaved = np.frombuffer(b"".join(pair_parts), dtype=np.float64).reshape(-1, 2)
+        pair_lengths = np.fromiter(map(len, pair_parts), np.int64, len(pair_parts)) // 2
+        values = np.concatenate((plain, interleaved[:, 0]))
+        weights = np.concatenate((np.ones(plain.size), interleaved[:, 1]))
+        series = np.concatenate((series, np.repeat(np.asarray(pair_series, dtype=np.int64), pair_lengths)))
+
+    n = np.bincount(series, minlength=len(keys))
+    if np.any(n == 0):
+        # Opened by a metric without values: nothing to summarise, report it like an idle one.
+        empty = np.flatnonzero(n == 0).tolist()
+        idle_bases += [bases[i] for i in empty]
+        idle_tags += [tags[i] for i in empty]
+        kept = np.flatnonzero(n > 0).tolist()
+        bases = [bases[i] for i in kept]
+        tags = [tags[i] for i in kept]
+        series = (np.cumsum(n > 0) - 1)[series]
+    return _Gathered(bases, tags, values, weights, series, idle_bases, idle_tags)
 
 
 def _bases(prefix: str, keys: Iterable[SeriesKey], idle: Sequence[SeriesKey]) -> tuple[list[str], list[Tags]]:

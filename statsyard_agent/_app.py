@@ -163,6 +163,7 @@ async def run_agent(
 async def _final_flush(state: AgentState, telemetry: Telemetry,
                        udp_sock: socket.socket | None) -> int:
     """Read what the kernel already holds, flush, and write everything; return points lost."""
+    lost = 0
     with trio.CancelScope(shield=True):
         if udp_sock is not None:
             buffer = bytearray(MAX_DATAGRAM)
@@ -172,7 +173,9 @@ async def _final_flush(state: AgentState, telemetry: Telemetry,
             await flush_once(state, telemetry)
         except Exception:
             log.exception("final flush failed; the open interval is lost")
-        return await trio.to_thread.run_sync(drain_queue_blocking, state, telemetry)
+        lost = await trio.to_thread.run_sync(drain_queue_blocking, state, telemetry)
+        state.queue_drained.set()  # release anyone waiting in AgentHandle.flush
+    return lost
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

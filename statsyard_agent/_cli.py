@@ -148,8 +148,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, attr, None) is not None}
 
 
+def _join_relative_times(argv: Sequence[str]) -> list[str]:
+    """Let ``--from -1h`` work: argparse would take ``-1h`` for an option, so glue it on."""
+    joined: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in ("--from", "--until"):
+            value = next(items, None)
+            joined.append(item if value is None else f"{item}={value}")
+        else:
+            joined.append(item)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
     command = args.command or "run"
     try:
         if command == "run":

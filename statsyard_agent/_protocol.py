@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
 
@@ -365,7 +366,7 @@ class Parser:
                     section_tags = self._tags.get(section)
                     if section_tags is None:
                         section_tags = self._resolve_tags(section)
-                    tags = self._merge_tags(tags, section_tags)
+                    tags = self._merge_tags(tags, section_tags) if tags else section_tags
                 elif first == b"@":
                     cached_rate = self._rates.get(section)
                     if cached_rate is None:
@@ -386,44 +387,40 @@ class Parser:
         if name_tags:
             tags = self._merge_tags(tags, name_tags)
 
-        if kind is _GAUGE:
-            # One Metric per packed value, so that "delta" can differ between them.
-            delta_gauges = self._delta_gauges
-            for raw in raw_values.split(b":") if b":" in raw_values else (raw_values,):
-                signed = raw.startswith(_SIGNS)
-                value = self._values.get(raw)
-                if value is None:
-                    value = self._cache_value(raw)
-                delta = signed and delta_gauges
-                metric = (name, kind, (value,), (), 1.0, tags, delta, container_id, timestamp)
-                out.append(_new_tuple(Metric, metric))
-        elif kind is _SET:
+        if kind is _SET:
             if b":" in raw_values:
                 raise ParseError("invalid_value", f"sets cannot be packed: {_snippet(line)}")
             member = _decode(raw_values, "set member")
             out.append(
-                _new_tuple(
-                    Metric, (name, kind, (), (member,), 1.0, tags, False, container_id, timestamp)
-                )
+                _new_tuple(Metric, (name, kind, (), (member,), 1.0, tags, False, container_id, timestamp))
+            )
+            return
+
+        cache = self._values
+        raws: Sequence[bytes]
+        if b":" in raw_values:
+            raws = raw_values.split(b":")
+            values = tuple(
+                [cached if (cached := cache.get(raw)) is not None else self._cache_value(raw) for raw in raws]
             )
         else:
-            cache = self._values
-            if b":" in raw_values:
-                values = tuple(
-                    [
-                        cached if (cached := cache.get(raw)) is not None else self._cache_value(raw)
-                        for raw in raw_values.split(b":")
-                    ]
+            raws = (raw_values,)
+            value = cache.get(raw_values)
+            if value is None:
+                value = self._cache_value(raw_values)
+            values = (value,)
+        # Nothing is appended before every value has parsed: a line is all or nothing.
+        if kind is _GAUGE:
+            # One Metric per packed value, so that "delta" can differ between them.
+            delta_gauges = self._delta_gauges
+            for raw, value in zip(raws, values, strict=True):
+                delta = delta_gauges and raw.startswith(_SIGNS)
+                out.append(
+                    _new_tuple(Metric, (name, kind, (value,), (), 1.0, tags, delta, container_id, timestamp))
                 )
-            else:
-                value = cache.get(raw_values)
-                if value is None:
-                    value = self._cache_value(raw_values)
-                values = (value,)
+        else:
             out.append(
-                _new_tuple(
-                    Metric, (name, kind, values, (), rate, tags, False, container_id, timestamp)
-                )
+                _new_tuple(Metric, (name, kind, values, (), rate, tags, False, container_id, timestamp))
             )
 
     def _cache_value(self, raw: bytes) -> float:
@@ -539,7 +536,7 @@ class Parser:
         """``_sc|name|status|d:|h:|#tags|m:message``; status is 0..3."""
         fields = line[4:].split(b"|")
         if len(fields) < 2 or not fields[0]:
-            raise ParseError("malformed_service_check", f"needs a name and a status: {line!r}")
+            raise ParseError("malformed_service_check", f"needs a name and a status: {_snippet(line)}")
         status = _SERVICE_CHECK_STATUS.get(fields[1])
         if status is None:
             raise ParseError("malformed_service_check", f"status {_snippet(fields[1])}")

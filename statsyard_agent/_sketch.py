@@ -29,6 +29,7 @@ hundred samples takes about two bytes per non-empty bucket. This module is pure:
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -44,6 +45,7 @@ _U64Array = npt.NDArray[np.uint64]
 
 __all__ = [
     "LogSketch",
+    "group_argsort",
     "segment_argsort",
     "sketch_bytes_from_segments",
     "sketches_from_segments",
@@ -65,6 +67,9 @@ _KEY_SPAN = KEY_MAX - KEY_MIN + 1
 _VERSION = 1
 _FLAG_F64 = 1
 _MAX_EXACT = 2.0**53
+#: Up to this many buckets, encoding and decoding one sketch in plain Python beats numpy's
+#: per-call overhead (a typical interval's sketch has a few dozen buckets).
+_SMALL = 64
 
 # Bucket classes, in value order within one series: negatives, zero, positives.
 _NEG, _ZERO, _POS = 0, 1, 2
@@ -101,6 +106,25 @@ class LogSketch:
         self._pos_keys, self._pos_counts = _frozen_store(positive)
         self._count = self._zero + float(self._neg_counts.sum()) + float(self._pos_counts.sum())
 
+    @classmethod
+    def _wrap(
+        cls,
+        zero: float,
+        neg_keys: IntArray,
+        neg_counts: FloatArray,
+        pos_keys: IntArray,
+        pos_counts: FloatArray,
+    ) -> LogSketch:
+        """Adopt freshly built, already valid arrays without copying them (internal)."""
+        sketch = cls.__new__(cls)
+        for array in (neg_keys, neg_counts, pos_keys, pos_counts):
+            array.flags.writeable = False
+        sketch._zero = zero
+        sketch._neg_keys, sketch._neg_counts = neg_keys, neg_counts
+        sketch._pos_keys, sketch._pos_counts = pos_keys, pos_counts
+        sketch._count = zero + float(neg_counts.sum()) + float(pos_counts.sum())
+        return sketch
+
     # -- construction -----------------------------------------------------------------------
 
     @classmethod
@@ -129,7 +153,7 @@ class LogSketch:
         zero = math.fsum(s._zero for s in items)
         neg = _sum_buckets([s._neg_keys for s in items], [s._neg_counts for s in items])
         pos = _sum_buckets([s._pos_keys for s in items], [s._pos_counts for s in items])
-        return cls(zero, neg, pos)
+        return cls._wrap(zero, *neg, *pos)
 
     def merge(self, other: LogSketch) -> LogSketch:
         """The sketch of both inputs' samples; neither input changes."""
@@ -189,6 +213,13 @@ class LogSketch:
 
     def to_bytes(self) -> bytes:
         """The compact version-1 encoding (see the module docstring)."""
+        if self._neg_keys.size + self._pos_keys.size <= _SMALL:
+            return _encode_small(
+                self._zero,
+                self._neg_keys[::-1].tolist(),
+                self._pos_keys.tolist(),
+                self._neg_counts[::-1].tolist() + self._pos_counts.tolist(),
+            )
         keys = np.concatenate((self._neg_keys[::-1], self._pos_keys))
         counts = np.concatenate((self._neg_counts[::-1], self._pos_counts))
         classes = np.concatenate(
@@ -245,15 +276,28 @@ class LogSketch:
 def segment_argsort(values: FloatArray, offsets: IntArray) -> IntArray:
     """The permutation that sorts each segment ``values[offsets[i]:offsets[i+1]]`` ascending.
 
-    One sort for all segments: the (segment, value) pairs are packed into complex numbers,
-    which numpy orders lexicographically. Within a segment NaNs sort last. ``offsets`` must
-    start at 0, be non-decreasing and end at ``len(values)``.
+    ``offsets`` must start at 0, be non-decreasing and end at ``len(values)``. Within a
+    segment NaNs sort last (among any +inf). See :func:`group_argsort` for the method.
     """
     lengths = np.diff(offsets)
+    return group_argsort(values, np.repeat(np.arange(lengths.size, dtype=np.int64), lengths))
+
+
+def group_argsort(values: FloatArray, groups: IntArray) -> IntArray:
+    """The permutation that sorts by ``(groups, values)``: grouped, each group ascending.
+
+    One sort for all groups: the pairs are packed into complex numbers, which numpy orders
+    lexicographically (real part first). The sort is stable, so equal values keep their input
+    order and whatever is summed per group afterwards does not depend on the other groups;
+    it is also fastest here, as the input usually arrives grouped already (runs for timsort).
+    ``groups`` must be below 2**53 (exact as floats). A NaN sorts like +inf, at the end of
+    its group (numpy would move complex numbers with a NaN part behind every group).
+    """
     packed = np.empty(values.size, dtype=np.complex128)
-    packed.real = np.repeat(np.arange(lengths.size, dtype=np.float64), lengths)
-    packed.imag = values
-    return np.argsort(packed).astype(np.int64, copy=False)
+    packed.real = groups
+    nan = np.isnan(values)
+    packed.imag = np.where(nan, np.inf, values) if nan.any() else values
+    return np.argsort(packed, kind="stable").astype(np.int64, copy=False)
 
 
 def sketches_from_segments(
@@ -324,10 +368,12 @@ class _Buckets:
             lo, hi = bounds[i], bounds[i + 1]
             mid = lo + neg_sizes[i]
             out.append(
-                LogSketch(
+                LogSketch._wrap(
                     zero[i],
-                    (keys[lo:mid][::-1], counts[lo:mid][::-1]),
-                    (keys[mid:hi], counts[mid:hi]),
+                    keys[lo:mid][::-1].copy(),
+                    counts[lo:mid][::-1].copy(),
+                    keys[mid:hi].copy(),
+                    counts[mid:hi].copy(),
                 )
             )
         return out
@@ -425,7 +471,8 @@ def _bucketize(
     # A code that increases with value inside a series: negative keys count down.
     rel = np.where(classes == _NEG, KEY_MAX - keys, keys - KEY_MIN)
     code = series * _CLASS_STRIDE + classes * _KEY_SPAN + np.where(is_zero, 0, rel)
-    if code.size > 1 and np.any(code[1:] < code[:-1]):
+    resorted = code.size > 1 and bool(np.any(code[1:] < code[:-1]))
+    if resorted:
         # log() is not guaranteed monotone to the last ulp; never trust the order blindly.
         order = np.argsort(code, kind="stable")
         code, w = code[order], w[order]
@@ -434,22 +481,24 @@ def _bucketize(
         run_code = code[run_start]
         run_weight = np.add.reduceat(w, run_start)
     else:
+        run_start = np.zeros(0, dtype=np.int64)
         run_code = np.zeros(0, dtype=np.int64)
         run_weight = np.zeros(0)
-    run_series = run_code // _CLASS_STRIDE
-    run_class = (run_code % _CLASS_STRIDE) // _KEY_SPAN
-    run_rel = run_code % _KEY_SPAN
+    if resorted:
+        run_series = run_code // _CLASS_STRIDE
+        run_class = (run_code % _CLASS_STRIDE) // _KEY_SPAN
+        run_rel = run_code % _KEY_SPAN
+        run_keys = np.where(run_class == _NEG, KEY_MAX - run_rel, run_rel + KEY_MIN)
+    else:  # gathering from the elements is cheaper than decoding the codes
+        run_series, run_class, run_keys = series[run_start], classes[run_start], keys[run_start]
     zero_runs = run_class == _ZERO
     zero = np.bincount(run_series[zero_runs], weights=run_weight[zero_runs], minlength=n_series)
     keep = ~zero_runs
-    run_class = run_class[keep]
-    run_rel = run_rel[keep]
-    run_keys = np.where(run_class == _NEG, KEY_MAX - run_rel, run_rel + KEY_MIN)
     return _Buckets(
         n_series=n_series,
         series=run_series[keep],
-        classes=run_class,
-        keys=run_keys,
+        classes=run_class[keep],
+        keys=run_keys[keep],
         counts=run_weight[keep],
         zero=zero.astype(np.float64),
     )
@@ -603,7 +652,7 @@ def _decode(data: bytes) -> LogSketch:
     if f64:
         if pos + 8 > len(data):
             raise CorruptDataError("truncated zero count")
-        zero = float(np.frombuffer(data, dtype="<f8", count=1, offset=pos)[0])
+        (zero,) = struct.unpack_from("<d", data, pos)
         pos += 8
     else:
         zero_int, pos = _read_varint(data, pos)
@@ -613,6 +662,8 @@ def _decode(data: bytes) -> LogSketch:
     if not (math.isfinite(zero) and zero >= 0.0):
         raise CorruptDataError("zero count must be finite and non-negative")
 
+    if n <= _SMALL:
+        return _decode_small(data, pos, zero, n_neg, n_pos, f64)
     key_items, pos = _read_varints(data, pos, n)
     if f64:
         if pos + 8 * n != len(data):
@@ -631,11 +682,93 @@ def _decode(data: bytes) -> LogSketch:
 
     neg_keys = _decode_keys(key_items[:n_neg], descending=True)
     pos_keys = _decode_keys(key_items[n_neg:], descending=False)
-    return LogSketch(
-        zero,
-        (neg_keys[::-1], counts[:n_neg][::-1]),
-        (pos_keys, counts[n_neg:]),
+    return LogSketch._wrap(
+        zero, neg_keys[::-1].copy(), counts[:n_neg][::-1].copy(), pos_keys, counts[n_neg:].copy()
     )
+
+
+def _decode_small(data: bytes, pos: int, zero: float, n_neg: int, n_pos: int, f64: bool) -> LogSketch:
+    """The plain-Python twin of the numpy decoder, for sketches of at most ``_SMALL`` buckets."""
+    n = n_neg + n_pos
+    items = []
+    for _ in range(n):
+        item, pos = _read_varint(data, pos)
+        items.append(item)
+    if f64:
+        if pos + 8 * n != len(data):
+            raise CorruptDataError("float count section does not match the data length")
+        counts = list(struct.unpack_from(f"<{n}d", data, pos))
+        if not all(math.isfinite(c) and c > 0.0 for c in counts):
+            raise CorruptDataError("bucket counts must be finite and positive")
+    else:
+        counts = []
+        for _ in range(n):
+            count, pos = _read_varint(data, pos)
+            if not 0 < count < _MAX_EXACT:
+                raise CorruptDataError("bucket counts must be in [1, 2**53)")
+            counts.append(float(count))
+        if pos != len(data):
+            raise CorruptDataError("trailing bytes after the sketch")
+    neg_keys = _keys_from_items(items[:n_neg], -1)
+    pos_keys = _keys_from_items(items[n_neg:], 1)
+    return LogSketch._wrap(
+        zero,
+        np.array(neg_keys[::-1], dtype=np.int64),
+        np.array(counts[n_neg - 1 :: -1] if n_neg else [], dtype=np.float64),
+        np.array(pos_keys, dtype=np.int64),
+        np.array(counts[n_neg:], dtype=np.float64),
+    )
+
+
+def _keys_from_items(items: list[int], direction: int) -> list[int]:
+    if not items:
+        return []
+    key = _unzigzag(items[0])
+    keys = [key]
+    for step in items[1:]:
+        if not 0 < step <= _KEY_SPAN:
+            raise CorruptDataError("bucket keys must be strictly ordered and in range")
+        key += direction * step
+        keys.append(key)
+    if not (KEY_MIN <= keys[0] <= KEY_MAX and KEY_MIN <= key <= KEY_MAX):
+        raise CorruptDataError("bucket key out of range")
+    return keys
+
+
+def _encode_small(zero: float, neg_keys: list[int], pos_keys: list[int], counts: list[float]) -> bytes:
+    """The plain-Python twin of :meth:`_Buckets.encode` for one sketch (same bytes).
+
+    ``neg_keys`` are in value order (descending), ``counts`` follow the negative then the
+    positive keys.
+    """
+    f64 = not (zero.is_integer() and 0.0 <= zero < _MAX_EXACT) or not all(
+        c.is_integer() and c < _MAX_EXACT for c in counts
+    )
+    out = bytearray((_VERSION, _FLAG_F64 if f64 else 0))
+    _put_varint(out, len(neg_keys))
+    _put_varint(out, len(pos_keys))
+    if f64:
+        out += struct.pack("<d", zero)
+    else:
+        _put_varint(out, int(zero))
+    for keys in (neg_keys, pos_keys):
+        previous = None
+        for key in keys:
+            _put_varint(out, (key << 1) ^ (key >> 63) if previous is None else abs(key - previous))
+            previous = key
+    if f64:
+        out += struct.pack(f"<{len(counts)}d", *counts)
+    else:
+        for count in counts:
+            _put_varint(out, int(count))
+    return bytes(out)
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 def _decode_keys(items: _U64Array, *, descending: bool) -> IntArray:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import statsd
 import trio
 
 from statsyard_agent._app import AgentHandle, run_agent
@@ -139,3 +141,13 @@ def query(data_dir: Path, pattern: str, *extra: str) -> dict[tuple[str, tuple[tu
 async def query_async(data_dir: Path, pattern: str, *extra: str) -> dict[
         tuple[str, tuple[tuple[str, str], ...]], list[float]]:
     return await trio.to_thread.run_sync(lambda: query(data_dir, pattern, *extra))
+
+
+@contextlib.contextmanager
+def statsd_client(port: int) -> Iterator[statsd.StatsClient]:
+    """The real `statsd` PyPI client aimed at the agent, closed afterwards."""
+    client = statsd.StatsClient("127.0.0.1", port)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -14,7 +14,7 @@ import trio
 from datadog.dogstatsd import base as dogstatsd_base
 from datadog.dogstatsd.base import DogStatsd
 
-from .conftest import ROOT, RunningAgent, make_config, query_async, start_agent
+from .conftest import ROOT, RunningAgent, make_config, query_async, start_agent, statsd_client
 
 INTERVAL = 10.0  # the tests flush at last_flush + 10 s, so rates are count / 10 exactly
 
@@ -43,7 +43,15 @@ async def test_statsd_client_counters_gauges_timers_sets(
     nursery: trio.Nursery, tmp_path: Path, always_sample: None
 ) -> None:
     agent = await start_agent(nursery, make_config(tmp_path / "data", percentiles=[90, 99]))
-    client = statsd.StatsClient("127.0.0.1", agent.udp_port)
+    with statsd_client(agent.udp_port) as client:
+        send_statsd_mix(client)
+    lines = 10 + 4 + 1 + 3 + 10 + 2 + 3
+    await agent.wait_lines(lines)
+    await flush_ten_seconds(agent)
+    await check_statsd_mix(agent)
+
+
+def send_statsd_mix(client: statsd.StatsClient) -> None:
     for _ in range(10):
         client.incr("hits", 1, rate=0.5)  # each counts 1 / 0.5 = 2
     for _ in range(4):
@@ -58,10 +66,9 @@ async def test_statsd_client_counters_gauges_timers_sets(
         client.timing("sampled.latency", value, rate=0.5)
     for member in ("alice", "bob", "alice"):
         client.set("users", member)
-    lines = 10 + 4 + 1 + 3 + 10 + 2 + 3
-    await agent.wait_lines(lines)
-    await flush_ten_seconds(agent)
 
+
+async def check_statsd_mix(agent: RunningAgent) -> None:
     got = await query_async(agent.config.data_dir, "stats.*.*.*")
     got |= await query_async(agent.config.data_dir, "stats.*.*")
     got |= await query_async(agent.config.data_dir, "stats.timers.*.*.*")
@@ -150,9 +157,9 @@ async def test_gauge_sign_set_mode_for_dogstatsd_clients(nursery: trio.Nursery,
 async def test_gauges_persist_and_idle_counters_report_zero(nursery: trio.Nursery,
                                                             tmp_path: Path) -> None:
     agent = await start_agent(nursery, make_config(tmp_path / "data"))
-    client = statsd.StatsClient("127.0.0.1", agent.udp_port)
-    client.gauge("level", 7)
-    client.incr("ticks", 3)
+    with statsd_client(agent.udp_port) as client:
+        client.gauge("level", 7)
+        client.incr("ticks", 3)
     await agent.wait_lines(2)
     await flush_ten_seconds(agent)
     await flush_ten_seconds(agent)  # nothing sent in the second interval

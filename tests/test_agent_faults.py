@@ -7,13 +7,12 @@ import json
 import urllib.request
 from pathlib import Path
 
-import statsd
 import trio
 
 from statsyard_agent._faults import FaultInjector
 from statsyard_agent._flush import flush_once
 
-from .conftest import RunningAgent, make_config, query_async, start_agent, wait_for
+from .conftest import RunningAgent, make_config, query_async, start_agent, statsd_client, wait_for
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -29,9 +28,9 @@ async def http_get_async(port: int, path: str) -> tuple[int, bytes]:
 
 
 def send_counts(port: int, name: str, times: int) -> None:
-    client = statsd.StatsClient("127.0.0.1", port)
-    for _ in range(times):
-        client.incr(name)
+    with statsd_client(port) as client:
+        for _ in range(times):
+            client.incr(name)
 
 
 async def total(agent: RunningAgent, name: str) -> float:
@@ -82,7 +81,7 @@ async def test_intensity_limit_escalates_with_a_final_flush(nursery: trio.Nurser
     send_counts(agent.udp_port, "kept", 40)
     await agent.wait_lines(40)
     faults.arm("writer", -1)  # crash-loop: every attempt crashes
-    await agent.handle.flush(now=agent.handle.state.last_flush_unix + 1)
+    await flush_once(agent.handle.state, agent.handle.telemetry)
     with trio.fail_after(30):
         await agent.stopped.wait()  # the supervisor gave up and shut the agent down
     assert agent.exit_status == 1

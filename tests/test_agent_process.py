@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import statsd
 
-from .conftest import query, wait_for_blocking
+from .conftest import query, statsd_client, wait_for_blocking
 
 READY = re.compile(r"ready udp=(\S+):(\d+) http=(\S+):(\d+)")
 
@@ -30,6 +29,7 @@ class AgentProcess:
         )
         self.log: list[str] = []
         self._ready = threading.Event()
+        self.finished = threading.Event()
         self.udp_port = self.http_port = 0
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(30):
@@ -38,12 +38,14 @@ class AgentProcess:
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            match = READY.search(line)
-            if match:
-                self.udp_port, self.http_port = int(match.group(2)), int(match.group(4))
-                self._ready.set()
+        with self.proc.stderr:  # closed at EOF, i.e. once the agent exited
+            for line in self.proc.stderr:
+                self.log.append(line)
+                match = READY.search(line)
+                if match:
+                    self.udp_port, self.http_port = int(match.group(2)), int(match.group(4))
+                    self._ready.set()
+        self.finished.set()
 
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
@@ -53,7 +55,9 @@ class AgentProcess:
         return float(match.group(1)) if match else 0.0
 
     def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
+        status = self.proc.wait(timeout)
+        self.finished.wait(timeout)  # the whole log has been read
+        return status
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def processes() -> Iterator[list[AgentProcess]]:
     for agent in started:
         if agent.proc.poll() is None:
             agent.proc.kill()
-            agent.proc.wait()
+        agent.wait(30)
 
 
 def test_sigterm_flushes_the_open_interval_and_exits_zero(
@@ -71,10 +75,10 @@ def test_sigterm_flushes_the_open_interval_and_exits_zero(
 ) -> None:
     agent = AgentProcess(tmp_path / "data", "--flush-interval", "3600")
     processes.append(agent)
-    client = statsd.StatsClient("127.0.0.1", agent.udp_port)
-    for _ in range(500):
-        client.incr("requests")
-    client.gauge("inflight", 9)
+    with statsd_client(agent.udp_port) as client:
+        for _ in range(500):
+            client.incr("requests")
+        client.gauge("inflight", 9)
     wait_for_blocking(lambda: agent.metric("statsyard_lines_received_total") >= 501, 15,
                       "the agent to receive every line")
     agent.proc.send_signal(signal.SIGTERM)
@@ -88,7 +92,8 @@ def test_sigterm_flushes_the_open_interval_and_exits_zero(
 def test_sigint_behaves_like_sigterm(tmp_path: Path, processes: list[AgentProcess]) -> None:
     agent = AgentProcess(tmp_path / "data", "--flush-interval", "3600")
     processes.append(agent)
-    statsd.StatsClient("127.0.0.1", agent.udp_port).incr("once", 4)
+    with statsd_client(agent.udp_port) as client:
+        client.incr("once", 4)
     wait_for_blocking(lambda: agent.metric("statsyard_lines_received_total") >= 1, 15, "a line")
     agent.proc.send_signal(signal.SIGINT)
     assert agent.wait(15) == 0
@@ -104,7 +109,8 @@ def test_crash_loop_exits_non_zero_after_a_final_flush(
     agent = AgentProcess(tmp_path / "data", "--config", str(config), "--flush-interval", "1",
                          env={"STATSYARD_INJECT_FAULTS": "writer=always"})
     processes.append(agent)
-    statsd.StatsClient("127.0.0.1", agent.udp_port).incr("survivor", 11)
+    with statsd_client(agent.udp_port) as client:
+        client.incr("survivor", 11)
     assert agent.wait(60) == 1
     assert any("restart intensity exceeded" in line for line in agent.log)
     got = query(tmp_path / "data", "stats.counters.survivor.count")

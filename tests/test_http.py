@@ -78,5 +78,7 @@ async def test_listeners_bind_loopback_by_default() -> None:
     from statsyard_agent._config import build_config
 
     config = build_config({})
-    assert config.udp is not None and config.udp.host == "127.0.0.1"
-    assert config.http is not None and config.http.host == "127.0.0.1"
+    assert config.udp is not None
+    assert config.udp.host == "127.0.0.1"
+    assert config.http is not None
+    assert config.http.host == "127.0.0.1"

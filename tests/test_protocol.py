@@ -145,9 +145,35 @@ def test_vectors_cover_the_spec() -> None:
     kinds = {expect["kind"] for case in VALID for expect in case["expect"]}
     assert kinds == {kind.value for kind in MetricKind} | {"event", "service_check"}
     fields = set(ParserConfig.__dataclass_fields__)
-    for case in VALID + INVALID:
+    for case in VALID:
         assert set(case.get("config", {})) <= fields
+    for case in VALID + INVALID:
         assert case["note"]
+    # Invalid lines hold under the default config, so an agent can replay them as they are.
+    assert all("config" not in case for case in INVALID)
+
+
+@pytest.mark.parametrize(
+    ("config", "line", "reason"),
+    [
+        ({"max_line_bytes": 9}, b"x:1|c|#a:b", "line_too_long"),
+        ({"max_tags": 2}, b"a:1|c|#x,y,z", "too_many_tags"),
+        ({"max_tags": 2}, b"a;x=1:1|c|#y,z", "too_many_tags"),
+        ({"max_tags": 2}, b"a:1|c|#x|#y|#z", "too_many_tags"),
+        ({"max_tags": 2}, b"_e{1,1}:a|b|#x,y,z", "too_many_tags"),
+        ({"max_tags": 2}, b"_sc|a|0|#x|#y,z", "too_many_tags"),
+        ({"max_tag_bytes": 9}, b"a:1|c|#abcd:efghi", "tag_too_long"),
+        ({"max_tag_bytes": 3}, b"a;k=v1:1|c", "tag_too_long"),
+        ({"max_name_bytes": 8}, b"abcdefghi:1|c", "name_too_long"),
+        ({"max_name_bytes": 8}, b"_sc|abcdefghi|0", "name_too_long"),
+        ({"sanitize_names": False}, b"../../etc/passwd:1|c", "bad_name"),
+        ({"sanitize_names": False}, b"a..b:1|c", "bad_name"),
+    ],
+)
+def test_configured_limits_refuse(config: dict[str, Any], line: bytes, reason: str) -> None:
+    with pytest.raises(ParseError) as excinfo:
+        Parser(ParserConfig(**config)).parse_line(line)
+    assert excinfo.value.reason == reason
 
 
 def test_spec_lists_every_reason() -> None:
@@ -500,8 +526,7 @@ def metric_lines(draw: st.DrawFn) -> tuple[bytes, list[Metric], bool]:
     sections.extend(draw(st.lists(st.sampled_from(["e:ext", "card:low", "zz:unknown", ""]))))
     sections = draw(st.permutations(sections))
     expected_tags = tuple(sorted(set(tags)))
-    ignores_rate = rate is None or kind in (MetricKind.GAUGE, MetricKind.SET)
-    expected_rate = 1.0 if ignores_rate else rate
+    expected_rate = 1.0 if rate is None or kind in (MetricKind.GAUGE, MetricKind.SET) else rate
 
     def metric(values: tuple[float, ...], members: tuple[str, ...], delta: bool) -> Metric:
         return Metric(name, kind, values, members, expected_rate, expected_tags, delta, container, timestamp)
@@ -551,7 +576,13 @@ def test_near_valid_lines_raise_only_parse_error(
     assume(b"\n" not in line)
     config = ParserConfig()
     outcome = parse_line_or_error(Parser(config), bytes(line))
-    if not isinstance(outcome, ParseError):
+    result = Parser(config).parse_datagram(bytes(line))
+    if isinstance(outcome, ParseError):
+        # All or nothing: a refused line leaves no item behind.
+        assert errors_of(result) == [(outcome.reason, outcome.detail)]
+        assert items_of(result) == []
+    else:
+        assert items_of(result) == outcome
         for item in outcome:
             check_item(item, config)
 
@@ -572,7 +603,7 @@ def udp_sink() -> Iterator[socket.socket]:
 
 
 def test_datadogpy_client_output_parses(udp_sink: socket.socket) -> None:
-    from datadog.dogstatsd import DogStatsd
+    from datadog.dogstatsd.base import DogStatsd
 
     client = DogStatsd(
         host="127.0.0.1",
@@ -621,7 +652,7 @@ def test_datadogpy_client_output_parses(udp_sink: socket.socket) -> None:
 
 
 def test_etsy_statsd_client_output_parses(udp_sink: socket.socket) -> None:
-    import statsd
+    import statsd  # type: ignore[import-untyped]
 
     client = statsd.StatsClient("127.0.0.1", udp_sink.getsockname()[1], prefix="app")
     try:

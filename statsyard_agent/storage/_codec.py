@@ -18,10 +18,11 @@ went in. The encoder builds the candidates below and keeps the smallest:
     ``m / 10**k`` (the very expression the decoder evaluates, so the result is exact by
     construction). For decimal data (counters, integer gauges, rates, timer samples sent
     with a few decimals) that distance is 0; for sums and medians that float arithmetic
-    computed from such data it is a few ulps, which costs about a bit per value. ``k``
-    (0..15 decimals) and whether ``m`` is stored as is or as differences are chosen on a
-    sample by estimated size. ``m`` and the distances are zigzagged, cut to the narrowest
-    of 1/2/4/8 bytes, split into byte planes and deflated. Finite columns only.
+    computed from such data it is a few ulps, a few bits per value instead of a noisy
+    float's ~54. ``k`` (0..15 decimals) and whether ``m`` is stored as is or as differences
+    are chosen by estimated size on 32 neighbour pairs spread over the column. ``m`` and
+    the distances are zigzagged, cut to the narrowest of 1/2/4/8 bytes, split into byte
+    planes and deflated. Finite columns only.
 ``XOR``
     XOR of each value's bits with the previous value's (Gorilla's idea), then deflate;
     either with the 8 byte planes transposed (byte shuffle), which groups the slowly
@@ -35,9 +36,10 @@ Presence bitmaps (bool): ``ALL`` / ``NONE`` in one byte, else ``numpy.packbits``
 the caller keeps the length and passes it back to :func:`decode_bitmap`.
 
 Deflate is used raw (no zlib header or adler32: 6 bytes saved per column; the storage engine
-checksums whole partitions), at level 6, which compresses these streams within 1 % of
-level 9 at a fraction of its cost on some inputs. Everything is vectorised: no Python loop
-runs per value; the loops that exist run at most 10 times (varint byte positions).
+checksums whole partitions), at level 6 (within 0.5 % of level 9 on these streams, in less
+than half its time), with each byte plane in a deflate block of its own. Everything is
+vectorised: no Python loop runs per value; the loops that exist run at most 10 times
+(varint byte positions). ``bench/codec.py`` prints sizes and times per column type.
 
 Decoding bytes that were not produced here raises :class:`CorruptDataError` and nothing
 else (no IndexError, zlib.error, numpy warning...). This is not a checksum: a flipped bit
@@ -79,7 +81,7 @@ _TS_DOD = 0x10
 _V_RAW = 0x20
 _V_XOR_SHUFFLED = 0x30
 _V_XOR_PLAIN = 0x31
-_V_DEC = 0x40  # | k; then one layout byte, see _dec_layout
+_V_DEC = 0x40  # | k; then a layout byte (see the DEC section below)
 _BM_ALL = 0x60
 _BM_NONE = 0x61
 _BM_PACKED = 0x62
@@ -88,16 +90,17 @@ _DEFLATE_LEVEL = 6
 _MAX_DECIMALS = 15
 _SCALES = np.array([10.0**k for k in range(_MAX_DECIMALS + 1)])
 _TWO_63 = float(2**63)
-_SAMPLE = 64  # leading values on which DEC's decimals and layout are chosen
-# DEC is not even tried when the sample says it would beat raw floats by less than this
-# (noisy floats: XOR does at least as well there, for less work).
-_DEC_MAX_BITS = 52.0
+_SAMPLE = 64  # values (32 neighbour pairs) on which DEC's decimals and layout are chosen
+# DEC is not even tried when the sample estimates more bits per value than this: noisy
+# floats, where XOR does as well for less work (tuned with bench/codec.py).
+_DEC_MAX_BITS = 48.0
 # XOR is tried unshuffled too when at least this share of values repeats the previous one.
 _REPEAT_SHARE = 0.2
-# XOR is not tried once DEC fits in this many bytes per value: it never came close there.
+# XOR is not tried once an exact DEC (no ulp correction) fits in this many bytes per value:
+# it never came close there.
 _XOR_SKIP_BYTES = 2.0
-# DEC planes are small integers and zero runs: run-length matching compresses them within
-# 0.5 % of the default strategy in a quarter of the time.
+# DEC planes are small integers and zero runs: run-length matching compresses them as well
+# as the default strategy (slightly better on the bench mix) in about a quarter of the time.
 _DEC_STRATEGY = zlib.Z_RLE
 
 _ONE = np.uint64(1)
@@ -150,7 +153,7 @@ def encode_values(values: FloatArray) -> bytes:
     best = bytes([_V_RAW]) + bits.astype("<u8").tobytes()
     decimal = _encode_decimal(v, bits)
     if decimal is not None:
-        if len(decimal) <= _XOR_SKIP_BYTES * len(v):
+        if decimal[1] >> 3 == 0 and len(decimal) <= _XOR_SKIP_BYTES * len(v):
             return decimal
         best = min(best, decimal, key=len)
     return min(best, *_encode_xor(bits), key=len)
@@ -192,7 +195,9 @@ def decode_bitmap(data: bytes, n: int) -> BoolArray:
     """Inverse of :func:`encode_bitmap` for a bitmap of ``n`` slots.
 
     Raises :class:`CorruptDataError` when ``data`` is not a bitmap or does not hold exactly
-    ``n`` bits (rounded up to whole bytes, padding bits zero); ``ValueError`` for ``n < 0``.
+    ``n`` bits (rounded up to whole bytes, padding bits zero; so a wrong ``n`` in the same
+    byte count goes unnoticed when the extra bits are zero); ``ValueError`` for ``n < 0``.
+    ``n`` comes from the caller and is trusted: an all/none bitmap is expanded to it.
     """
     if n < 0:
         raise ValueError(f"bitmap length must be >= 0, not {n}")
@@ -241,7 +246,7 @@ def _encode_decimal(v: FloatArray, bits: UInt64Array) -> bytes | None:
     usable = sum(1 for scale in _SCALES.tolist() if largest * scale < _TWO_63)
     if usable == 0:
         return None
-    choice = _choose_decimals(v[:_SAMPLE], bits[:_SAMPLE], usable)
+    choice = _choose_decimals(v, bits, usable)
     if choice is None:
         return None
     k, delta = choice
@@ -264,32 +269,39 @@ def _encode_decimal(v: FloatArray, bits: UInt64Array) -> bytes | None:
     return bytes([_V_DEC | k, layout]) + _deflate(*planes, strategy=_DEC_STRATEGY)
 
 
-def _choose_decimals(
-    sample: FloatArray, sample_bits: UInt64Array, usable: int
-) -> tuple[int, bool] | None:
-    """(decimals, store differences) with the fewest estimated bits on the sample, or None."""
+def _choose_decimals(v: FloatArray, bits: UInt64Array, usable: int) -> tuple[int, bool] | None:
+    """(decimals, store differences) with the fewest estimated bits per value, or None.
+
+    Estimated on pairs of neighbours spread over the whole column (a column that starts idle
+    and only later shows decimals must still get them), for every usable scale at once.
+    """
+    first = np.unique(np.linspace(0, max(len(v) - 2, 0), _SAMPLE // 2).astype(np.intp))
+    picks = np.concatenate([first, first + 1]) if len(v) > 1 else first
     scales = _SCALES[:usable, None]
-    ints = np.rint(sample * scales).astype(np.int64)
+    ints = np.rint(v[picks] * scales).astype(np.int64)
     back = (ints.astype(np.float64) / scales).view(np.uint64)
-    correction = _bit_cost((sample_bits - back).view(np.int64))
+    correction = _bit_cost((bits[picks] - back).view(np.int64))
     plain = _bit_cost(ints) + correction
-    diffs = ints.copy()
-    diffs[:, 1:] = (ints[:, 1:].view(np.uint64) - ints[:, :-1].view(np.uint64)).view(np.int64)
-    delta = _bit_cost(diffs) + correction
+    if len(v) > 1:
+        pairs = len(first)
+        diffs = (ints[:, pairs:].view(np.uint64) - ints[:, :pairs].view(np.uint64)).view(np.int64)
+        delta = _bit_cost(diffs) + correction
+    else:
+        delta = np.full(usable, np.inf)
     best_plain, best_delta = int(plain.argmin()), int(delta.argmin())
     if delta[best_delta] < plain[best_plain]:
-        k, cost, use_delta = best_delta, delta[best_delta], True
+        k, cost, use_delta = best_delta, float(delta[best_delta]), True
     else:
-        k, cost, use_delta = best_plain, plain[best_plain], False
-    if cost > _DEC_MAX_BITS * sample.shape[0]:
+        k, cost, use_delta = best_plain, float(plain[best_plain]), False
+    if cost > _DEC_MAX_BITS:
         return None
     return k, use_delta
 
 
 def _bit_cost(x: Int64Array) -> npt.NDArray[np.float64]:
-    # log2(1 + |x|) summed per row: a rough entropy of zigzagged integers. Via float64 so
-    # that |INT64_MIN| needs no special case.
-    cost: npt.NDArray[np.float64] = np.log2(1.0 + np.abs(x.astype(np.float64))).sum(axis=-1)
+    # log2(1 + |x|) averaged per row: a rough size in bits of zigzagged integers. Via float64
+    # so that |INT64_MIN| needs no special case.
+    cost: npt.NDArray[np.float64] = np.log2(1.0 + np.abs(x.astype(np.float64))).mean(axis=-1)
     return cost
 
 

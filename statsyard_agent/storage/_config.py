@@ -36,9 +36,7 @@ class StorageConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.xfiles_factor) and 0.0 <= self.xfiles_factor <= 1.0):
-            raise ConfigError(
-                "storage.xfiles_factor", f"must be between 0 and 1, got {self.xfiles_factor!r}"
-            )
+            raise ConfigError("storage.xfiles_factor", f"must be between 0 and 1, got {self.xfiles_factor!r}")
         if not self.retention:
             raise ConfigError("storage.retention", "at least one tier is required")
         for number, (pattern, tiers) in enumerate(self.schemas, 1):

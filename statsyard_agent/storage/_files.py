@@ -119,7 +119,7 @@ def read_marker(data_dir: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise StorageError(f"{path} is not valid JSON ({exc}); the directory is damaged") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise StorageError(f"{path} does not describe a StatsYard data directory")
+        raise StorageError(f"{data_dir} is not a StatsYard data directory ({path} is foreign)")
     if meta.get("version") != FORMAT_VERSION:
         raise StorageError(
             f"{data_dir} uses storage format version {meta.get('version')!r}; this StatsYard "

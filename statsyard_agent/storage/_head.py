@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from statsyard_agent._types import FloatArray, Rollup
 
-from ._index import SeriesIndex
+from ._index import LOST_KIND, SKETCH_KIND, SeriesIndex
 from ._rollup import CodeArray, single_flush_value
 from ._wal import FlushRecord
 
@@ -241,9 +241,7 @@ class HeadWindow:
                     new[sel] = acc.total[r] / np.maximum(acc.weight[r], self.step)
                 else:  # MEAN
                     weighted_ok = (acc.weighted[r] == n) & (acc.weight[r] > 0)
-                    new[sel] = np.where(
-                        weighted_ok, acc.total[r] / acc.weight[r], acc.plain[r] / n
-                    )
+                    new[sel] = np.where(weighted_ok, acc.total[r] / acc.weight[r], acc.plain[r] / n)
         single = single_flush_value(values, codes, interval, self.step)
         new[first] = single[first]
         self.values[rows, slot] = new
@@ -383,8 +381,10 @@ class HeadSet:
         if len(ids) and int(ids.max()) >= known:
             keep = ids < known
             ids, values = ids[keep], values[keep]
+        kinds = index.kinds[ids]
+        if len(ids) and (unusable := (kinds == LOST_KIND) | (kinds == SKETCH_KIND)).any():
+            ids, values, kinds = ids[~unusable], values[~unusable], kinds[~unusable]
         if len(ids):
-            kinds = index.kinds[ids]
             siblings = index.siblings
             weights = np.full(len(ids), np.nan)
             mean = np.flatnonzero(kinds == Rollup.MEAN)
@@ -417,7 +417,9 @@ class HeadSet:
                     )
         sketch_ids = record.sketch_ids
         if len(sketch_ids):
-            keep_list = (sketch_ids < known).tolist()
+            in_range = sketch_ids < known
+            in_range[in_range] = index.kinds[sketch_ids[in_range]] == SKETCH_KIND
+            keep_list = in_range.tolist()
             blobs = [b for b, ok in zip(record.sketches, keep_list, strict=True) if ok]
             sketch_ids = sketch_ids[np.array(keep_list, dtype=bool)]
             for gid, sel in _split_by_group(index.gids[sketch_ids]):

@@ -8,7 +8,8 @@ configuration applies to new series only) and its kind:
 
 * kinds 1..7 are :class:`~statsyard_agent._types.Rollup` values (a point series);
 * kind 0 is a sketch series (the mergeable quantile sketch of a timer's base name); point and
-  sketch series live in separate namespaces, so ``x`` may be both.
+  sketch series live in separate namespaces, so ``x`` may be both;
+* kind 255 marks an id whose definition was lost (see :data:`LOST_KIND`).
 
 A point series is identified by ``(name, tags)``; a second rollup sent later for the same pair
 does not create a new series (the first one wins, as a Whisper file keeps its aggregation).
@@ -41,6 +42,9 @@ from ._retention import Tier
 
 MAGIC = b"SYIDX\x00\x00\x01"
 SKETCH_KIND = 0
+#: An id the WAL used but whose definition was lost (index tail lost in a crash without
+#: fsync): it is burnt so that it can never be handed to another series; never listed.
+LOST_KIND = 255
 
 _GROUP = 1
 _SERIES = 2
@@ -194,8 +198,7 @@ class SeriesIndex:
     def _apply_group(self, payload: bytes | memoryview) -> None:
         _, gid, count = _GROUP_HEAD.unpack_from(payload, 0)
         tiers = tuple(
-            Tier(*_TIER.unpack_from(payload, _GROUP_HEAD.size + i * _TIER.size))
-            for i in range(count)
+            Tier(*_TIER.unpack_from(payload, _GROUP_HEAD.size + i * _TIER.size)) for i in range(count)
         )
         if len(payload) != _GROUP_HEAD.size + count * _TIER.size or not tiers:
             raise CorruptDataError("bad group record length")
@@ -204,9 +207,7 @@ class SeriesIndex:
     def _apply_series(self, payload: bytes | memoryview) -> None:
         _, first_id, count, nstrings = _SERIES_HEAD.unpack_from(payload, 0)
         if first_id != len(self.names):
-            raise CorruptDataError(
-                f"series record starts at id {first_id}, expected {len(self.names)}"
-            )
+            raise CorruptDataError(f"series record starts at id {first_id}, expected {len(self.names)}")
         pos = _SERIES_HEAD.size
         kinds = np.frombuffer(payload, dtype="<u1", count=count, offset=pos)
         pos += count
@@ -221,7 +222,9 @@ class SeriesIndex:
         ends = np.cumsum(lengths, dtype=np.int64) + pos
         if nstrings and int(ends[-1]) != len(payload):
             raise CorruptDataError("series record: string lengths do not match the payload")
-        if (kinds > max(Rollup)).any() or any(int(g) not in self.groups for g in set(gids)):
+        if ((kinds > max(Rollup)) & (kinds != LOST_KIND)).any() or any(
+            int(g) not in self.groups for g in set(gids)
+        ):
             raise CorruptDataError("series record: unknown kind or group")
         raw = bytes(payload)
         starts = (ends - lengths).tolist()
@@ -251,6 +254,8 @@ class SeriesIndex:
         for offset, (name, tag, kind) in enumerate(zip(names, tags, kinds, strict=True)):
             sid = first + offset
             key = (name, tag)
+            if kind == LOST_KIND:
+                continue
             if kind == SKETCH_KIND:
                 self.sketch_ids.setdefault(key, sid)
                 continue

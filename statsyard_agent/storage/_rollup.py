@@ -81,18 +81,23 @@ def _one(
     weights: FloatArray | None,
     sel: npt.NDArray[np.bool_],
 ) -> npt.NDArray[np.float64]:
+    result: npt.NDArray[np.float64]
     if code == Rollup.MIN:
-        return np.fmin.reduce(sub, axis=2)
+        result = np.fmin.reduce(sub, axis=2)
+        return result
     if code == Rollup.MAX:
-        return np.fmax.reduce(sub, axis=2)
+        result = np.fmax.reduce(sub, axis=2)
+        return result
     if code == Rollup.LAST:
         last = factor - 1 - np.argmax(here[:, :, ::-1], axis=2)
-        return np.take_along_axis(sub, last[:, :, None], axis=2)[:, :, 0]
-    total = np.where(here, sub, 0.0).sum(axis=2)
+        result = np.take_along_axis(sub, last[:, :, None], axis=2)[:, :, 0]
+        return result
+    total: npt.NDArray[np.float64] = np.where(here, sub, 0.0).sum(axis=2)
     if code == Rollup.SUM:
         return total
     if code == Rollup.RATE:
-        return total / factor
+        result = total / factor
+        return result
     average = _divide(total, count)
     if code == Rollup.MEAN and weights is not None:
         w = weights.reshape(weights.shape[0], -1, factor)[sel]

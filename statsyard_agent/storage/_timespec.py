@@ -88,7 +88,7 @@ def parse_time(spec: str, now: int) -> int:
     text = text.replace("_", "").replace(",", "").replace(" ", "")
     if not text:
         _fail(spec, "empty time")
-    if text.isdigit() and not _looks_like_date(text):
+    if _is_digits(text) and not _looks_like_date(text):
         return _check_range(spec, _to_int(spec, text))
     sign_at = _first_sign(text)
     if sign_at < 0:
@@ -114,7 +114,7 @@ def _parse_offset(spec: str, offset: str) -> int:
         match = _OFFSET_PART_RE.match(body, position)
         if match is None:
             rest = body[position:]
-            if rest.isdigit():
+            if _is_digits(rest):
                 _fail(spec, f"the offset amount {rest!r} has no unit (e.g. {rest}min)")
             _fail(spec, f"cannot read the offset at {rest!r} (need <integer><unit>)")
         unit = _UNITS.get(match.group(2))
@@ -135,7 +135,7 @@ def _parse_reference(spec: str, reference: str, now: int) -> int:
         reference = reference[clock.end() :]
         if hour > 23 or minute > 59:
             _fail(spec, f"no such time of day {hour:02d}:{minute:02d}")
-    if reference.isdigit() and clock is None and not _looks_like_date(reference):
+    if _is_digits(reference) and clock is None and not _looks_like_date(reference):
         return _to_int(spec, reference)
     if reference:
         day = _as_date(spec, reference)
@@ -147,11 +147,16 @@ def _parse_reference(spec: str, reference: str, now: int) -> int:
     return int(moment.timestamp())
 
 
+def _is_digits(text: str) -> bool:
+    # str.isdigit() also accepts superscripts and non-ASCII digits, which int() refuses or reads.
+    return text.isascii() and text.isdigit()
+
+
 def _looks_like_date(text: str) -> bool:
     """graphite-web's test for ``YYYYMMDD`` rather than unix seconds."""
     return (
         len(text) == 8
-        and text.isdigit()
+        and _is_digits(text)
         and int(text[:4]) > 1900
         and int(text[4:6]) <= 12
         and int(text[6:]) <= 31

@@ -20,8 +20,10 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,9 @@ from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
 from ._head import HeadSet
 from ._index import NewSeries, SeriesIndex
+from ._maintain import DiskUsage, Maintenance
 from ._retention import Tier
-from ._wal import AppendFile, FlushRecord, SegmentState
+from ._wal import AppendFile, FlushRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ IntArray = npt.NDArray[np.int64]
 
 #: A segment is closed (and a new one started) once it grows past this size.
 SEGMENT_BYTES = 64 << 20
+#: Seconds of compression work per maintain() call before it yields (resumes next call).
+DEFAULT_BUDGET = 2.0
 _FINGERPRINTS = 256
 
 
@@ -102,6 +107,8 @@ class TSDB:
         self._heads = HeadSet(index)
         self._segments: list[_Segment] = []
         self._wal: AppendFile | None = None
+        self._next_seq = 1
+        self._max_wal_id = -1
         self._previous_ids: IntArray | None = None
         self._fingerprints: collections.deque[tuple[int, int, int, int]] = collections.deque(
             maxlen=_FINGERPRINTS
@@ -109,9 +116,15 @@ class TSDB:
         self._last_names: tuple[tuple[str, ...], tuple[Tags, ...], IntArray] | None = None
         self._points_written = 0
         self._late_dropped = 0
-        self._quarantined = 0
-        self._partition_bytes = 0
-        self._partition_count = 0
+        self._usage = DiskUsage()
+        self._maintenance = Maintenance(
+            data_dir,
+            index,
+            self._heads,
+            self._usage,
+            fsync=config.fsync,
+            xff=config.xfiles_factor,
+        )
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -148,28 +161,53 @@ class TSDB:
     def _recover(self) -> None:
         self._scan_partitions()
         self._replay_wal()
+        self._burn_lost_ids()
         self._start_segment()
+
+    def _burn_lost_ids(self) -> None:
+        """Reserve ids the WAL uses but the index lost, so no new series ever gets them.
+
+        Only possible when the index tail was lost while a WAL record using it survived (a
+        power cut with ``fsync`` off): those points cannot be attributed and are ignored.
+        """
+        top = self._max_wal_id
+        index = self._index
+        if top < len(index):
+            return
+        gid = min(index.groups, default=None)
+        payloads = []
+        if gid is None:
+            gid = 0
+            payloads.append(_index.encode_group(gid, self._resolver.tiers_for("")))
+        lost = [NewSeries("", (), _index.LOST_KIND, gid)] * (top + 1 - len(index))
+        payloads.append(_index.encode_series(len(index), lost))
+        log.warning(
+            "%s: the WAL refers to %d series whose definition was lost; their points are ignored",
+            index.path,
+            len(lost),
+        )
+        self._append_index(payloads)
 
     def _scan_partitions(self) -> None:
         """Set each group's sealed frontier from the partitions on disk (and count bytes)."""
-        count = 0
-        size = 0
+        usage = self._usage
         for gid, step, directory in _files.list_tier_dirs(self.data_dir):
             tiers = self._index.groups.get(gid)
             for _start, end, path in _files.list_partitions(directory):
-                count += 1
+                usage.partitions += 1
                 with contextlib.suppress(OSError):
-                    size += path.stat().st_size
+                    usage.partition_bytes += path.stat().st_size
                 if tiers is not None and step == tiers[0].step:
                     self._heads.advance(gid, end)
-        self._partition_count = count
-        self._partition_bytes = size
         quarantine = self.data_dir / _files.QUARANTINE_DIR
         with contextlib.suppress(OSError):
-            self._quarantined = sum(1 for _ in quarantine.iterdir())
+            usage.quarantined = sum(1 for _ in quarantine.iterdir())
 
     def _replay_wal(self) -> None:
         states = _wal.segment_states(self.data_dir)
+        # Sequence numbers are never reused (readers track segments by number), even when
+        # the newest segment turns out empty and is removed below.
+        self._next_seq = states[-1].seq + 1 if states else 1
         for state in states:
             records: list[FlushRecord] = []
             try:
@@ -182,10 +220,18 @@ class TSDB:
                 # Crashed while creating the segment: not even the magic made it to disk.
                 _unlink(state.path)
                 continue
+            if not records:
+                # Nothing of value (e.g. the empty segment of a previous run): drop it.
+                _unlink(state.path)
+                continue
             segment = _Segment(state.seq, state.path, state.offset, {})
             for record in records:
+                for ids in (record.ids, record.sketch_ids):
+                    if len(ids):
+                        self._max_wal_id = max(self._max_wal_id, int(ids.max()))
                 self._heads.apply(record)
-                self._note_record(segment, record)
+                self._note_record_groups(segment, record)
+                self._fingerprints.append(_fingerprint(record))
             if torn:
                 log.warning(
                     "%s: truncating a torn tail of %d bytes (an interrupted write)",
@@ -195,22 +241,11 @@ class TSDB:
                 try:
                     os.truncate(state.path, state.offset)
                 except OSError as exc:
-                    raise _files.storage_error("truncate the torn WAL tail of", state.path, exc)
+                    raise _files.storage_error("truncate the torn WAL tail of", state.path, exc) from exc
             self._segments.append(segment)
 
-    def _note_record(self, segment: _Segment, record: FlushRecord) -> None:
-        gids = self._index.gids
-        ids = record.ids[record.ids < len(gids)]
-        present = set(np.unique(gids[ids]).tolist())
-        sketch_ids = record.sketch_ids[record.sketch_ids < len(gids)]
-        present.update(np.unique(gids[sketch_ids]).tolist())
-        for gid in present:
-            if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
-                segment.max_timestamp[gid] = record.timestamp
-        self._fingerprints.append(_fingerprint(record))
-
     def _start_segment(self) -> None:
-        seq = self._segments[-1].seq + 1 if self._segments else 1
+        seq = self._next_seq
         path = self.data_dir / _files.WAL_DIR / _files.wal_segment_name(seq)
         try:
             wal = AppendFile.open(path, _wal.MAGIC, fsync=self.config.fsync)
@@ -219,6 +254,7 @@ class TSDB:
         if self._wal is not None:
             self._wal.close()
         self._wal = wal
+        self._next_seq = seq + 1
         self._previous_ids = None
         self._segments.append(_Segment(seq, path, wal.size, {}))
 
@@ -245,11 +281,12 @@ class TSDB:
             ids = self._point_ids(batch)
             sketch_ids = self._sketch_ids(batch.sketches)
             values = np.asarray(batch.values, dtype=np.float64)
-            keep = ~np.isnan(values) & _last_occurrence(ids, len(self._index))
-            keep &= self._unsealed(ids, timestamp)
+            present = ~np.isnan(values) & _last_occurrence(ids, len(self._index))
+            unsealed = self._unsealed(ids, timestamp)
+            keep = present & unsealed
+            dropped_late = int((present & ~unsealed).sum())
             sketch_keep = _last_occurrence(sketch_ids, len(self._index))
             sketch_keep &= self._unsealed(sketch_ids, timestamp)
-            dropped_late = int((~self._unsealed(ids, timestamp) & ~np.isnan(values)).sum())
             record = FlushRecord(
                 timestamp,
                 interval,
@@ -352,11 +389,15 @@ class TSDB:
                     payloads.append(_index.encode_group(gid, tiers))
             entries.append(NewSeries(name, tags, kind, gid))
         payloads.append(_index.encode_series(len(index), entries))
+        self._append_index(payloads)
+
+    def _append_index(self, payloads: list[bytes]) -> None:
+        index = self._index
         data = b"".join(_records.frame(p) for p in payloads)
         try:
             self._index_file.append(data, fsync=self.config.fsync)
         except OSError as exc:
-            raise _files.storage_error("append to the series index", self._index_file.path, exc)
+            raise _files.storage_error("append to the series index", self._index_file.path, exc) from exc
         for payload in payloads:
             index.apply(payload)
 
@@ -368,8 +409,7 @@ class TSDB:
         assert wal is not None
         if not wal.still_linked():
             raise StorageError(
-                f"the WAL segment {wal.path} was removed behind the agent's back; "
-                "restart the agent"
+                f"the WAL segment {wal.path} was removed behind the agent's back; restart the agent"
             )
         previous = self._previous_ids
         same = previous is not None and np.array_equal(previous, record.ids)
@@ -385,22 +425,53 @@ class TSDB:
 
     def _note_record_groups(self, segment: _Segment, record: FlushRecord) -> None:
         gids = self._index.gids
-        present = set(np.unique(gids[record.ids]).tolist())
-        present.update(np.unique(gids[record.sketch_ids]).tolist())
+        ids = record.ids[record.ids < len(gids)]
+        sketch_ids = record.sketch_ids[record.sketch_ids < len(gids)]
+        present = set(np.unique(gids[ids]).tolist())
+        present.update(np.unique(gids[sketch_ids]).tolist())
         for gid in present:
             if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
                 segment.max_timestamp[gid] = record.timestamp
 
     # -- maintenance -----------------------------------------------------------------------
 
-    def maintain(self, now: float) -> None:
+    def maintain(self, now: float, *, budget: float | None = DEFAULT_BUDGET) -> bool:
         """Seal due windows, build rollup tiers, apply retention, drop obsolete WAL segments.
 
-        Idempotent; safe to call as often as wanted (the agent calls it after writes and on
-        an idle timer). Raises StorageError when the disk refuses; nothing is left half-done.
+        ``now`` is the wall clock (unix seconds; tests pass simulated time). Work on
+        compressed partitions stops after about ``budget`` seconds (None: no limit) and
+        resumes at the next call, so a call never blocks writes for long; returns True when
+        everything due is done. Idempotent: call it as often as wanted (the agent calls it
+        after writes and on an idle timer). Raises StorageError when the disk refuses;
+        nothing is left half-done (an unfinished partition is only ever a tmp file).
         """
         with self._mutex:
             self._check_usable()
+            deadline = math.inf if budget is None else time.monotonic() + budget
+            try:
+                done = self._maintenance.run(now, deadline)
+                if self._maintenance.sealed and self._segments[-1].max_timestamp:
+                    self._start_segment()  # so that the sealed data's segments can go
+                self._drop_obsolete_segments()
+            except OSError as exc:
+                raise _files.storage_error("maintain", self.data_dir, exc) from exc
+            return done
+
+    def _drop_obsolete_segments(self) -> None:
+        """Delete WAL segments whose every record lies in sealed windows."""
+        frontier = self._heads.frontier
+        keep = []
+        dropped = False
+        for segment in self._segments[:-1]:
+            if all(ts < frontier.get(gid, -(2**62)) for gid, ts in segment.max_timestamp.items()):
+                _unlink(segment.path)
+                dropped = True
+            else:
+                keep.append(segment)
+        if dropped:
+            self._segments = [*keep, self._segments[-1]]
+            if self.config.fsync:
+                _files.fsync_dir(self.data_dir / _files.WAL_DIR)
 
     # -- closing and stats -----------------------------------------------------------------
 
@@ -413,6 +484,7 @@ class TSDB:
             self._release()
 
     def _release(self) -> None:
+        self._maintenance.abort()
         if self._wal is not None:
             self._wal.close()
         self._index_file.close()
@@ -429,14 +501,15 @@ class TSDB:
     def stats(self) -> WriterStats:
         with self._mutex:
             wal_bytes = sum(s.size for s in self._segments)
+            usage = self._usage
             return WriterStats(
-                quarantined_partitions=self._quarantined,
+                quarantined_partitions=usage.quarantined,
                 points_written=self._points_written,
-                bytes_on_disk=self._index_file.size + wal_bytes + self._partition_bytes,
+                bytes_on_disk=self._index_file.size + wal_bytes + usage.partition_bytes,
                 series=len(self._index.point_ids),
                 late_points_dropped=self._late_dropped,
                 wal_bytes=wal_bytes,
-                partitions=self._partition_count,
+                partitions=usage.partitions,
             )
 
 
@@ -524,7 +597,7 @@ def _recover_index(data_dir: Path, fsync: bool) -> tuple[SeriesIndex, AppendFile
         raw = b""  # crashed while creating it
     if raw:
         payloads: list[memoryview] = []
-        scan = _records.scan(raw, len(_index.MAGIC), payloads)
+        _records.scan(raw, len(_index.MAGIC), payloads)
         end = len(_index.MAGIC)
         for payload in payloads:
             try:
@@ -538,7 +611,6 @@ def _recover_index(data_dir: Path, fsync: bool) -> tuple[SeriesIndex, AppendFile
                 path,
                 len(raw) - end,
             )
-        del scan
     try:
         if raw and end < len(raw):
             os.truncate(path, end)

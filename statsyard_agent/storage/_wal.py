@@ -140,7 +140,7 @@ def read_segment(state: SegmentState, records: list[FlushRecord]) -> tuple[bool,
     except OSError as exc:
         raise storage_error("read", state.path, exc) from exc
     payloads: list[memoryview] = []
-    result = _records.scan(buf, 0, payloads)
+    _records.scan(buf, 0, payloads)
     consumed = 0
     for payload in payloads:
         try:
