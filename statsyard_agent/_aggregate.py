@@ -28,7 +28,7 @@ import itertools
 import math
 from array import array
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -48,7 +48,7 @@ from ._types import (
     Tags,
 )
 
-__all__ = ["Aggregator", "AggregatorConfig", "Snapshot", "build_flush_batch"]
+__all__ = ["Aggregator", "AggregatorConfig", "Partial", "Snapshot", "build_flush_batch"]
 
 #: A series within one kind: ``(name, tags)``.
 SeriesKey = tuple[str, Tags]
@@ -186,6 +186,35 @@ class Snapshot:
     events: Taken[Tags, float]
     #: Keyed by the point's tags (the check's tags plus ``check`` and ``status``).
     service_checks: Taken[Tags, float]
+
+
+@dataclass(slots=True, eq=False)
+class Partial:
+    """Samples pre-aggregated outside the :class:`Aggregator` (by the receive path's
+    :class:`~statsyard_agent._ingest.PreAggregator`, possibly in a receive worker process) for
+    the open interval; folded in by :meth:`Aggregator.merge`. Picklable.
+
+    ``counters`` maps a series to ``sum(value * (1 / rate))`` accumulated in arrival order;
+    ``gauges`` to ``(absolute, value)``: ``absolute`` (1.0) sets the gauge to ``value``,
+    otherwise (0.0) ``value`` is a sum of deltas; ``samples`` maps ``(kind, series, rate)`` of a
+    timer-like kind to its values at that rate; ``sets`` to the members seen. Events and
+    service checks are kept as they came. ``refused`` counts metrics the producer refused at its
+    own series cap, ``refused_keys`` the distinct ``(kind tag, series)`` it refused (bounded).
+    """
+
+    counters: dict[SeriesKey, float] = field(default_factory=dict)
+    gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+    samples: dict[tuple[MetricKind, SeriesKey, float], array[float]] = field(default_factory=dict)
+    sets: dict[SeriesKey, set[str]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    service_checks: list[ServiceCheck] = field(default_factory=list)
+    refused: int = 0
+    refused_keys: set[tuple[str, SeriesKey]] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        """Entries held (series of every kind, events and service checks)."""
+        return (len(self.counters) + len(self.gauges) + len(self.samples) + len(self.sets)
+                + len(self.events) + len(self.service_checks))
 
 
 class Aggregator:
@@ -339,6 +368,89 @@ class Aggregator:
             total = 0.0
         family.data[tags] = total + 1.0
         return True
+
+    def merge(self, partial: Partial) -> None:
+        """Fold a :class:`Partial` into the open interval, taking ownership of its containers.
+
+        The result is what ``add`` would give for: one counter value ``total`` at rate 1 per
+        counter entry (so a series pre-aggregated in one place gets Etsy's exact sum); one gauge
+        value per gauge entry, absolute or delta; every sample of a ``samples`` entry at its
+        rate; every member of a set entry; each event and service check. New series pass the
+        ``max_series`` guard as in ``add`` (a refused entry counts once in
+        ``rejected_metrics``); the producer's own refusals are added to ``rejected_metrics`` and,
+        once per key and interval, to ``rejected_series``. Deltas merged into a gauge that
+        already has a value add as one sum, which can differ from adding them one by one in the
+        last bit.
+        """
+        counters = self._counters
+        data = counters.data
+        for key, total in partial.counters.items():
+            current = data.get(key)
+            if current is None:
+                if not self._admit(counters, key):
+                    continue
+                current = 0.0
+            data[key] = current + total
+        gauges = self._gauges
+        gauge_data = gauges.data
+        for key, (absolute, value) in partial.gauges.items():
+            current = gauge_data.get(key)
+            if current is None and not self._admit(gauges, key):
+                continue
+            if absolute:
+                gauge_data[key] = value
+            else:
+                if current is None:
+                    current = self._gauge_values.get(key, 0.0)
+                gauge_data[key] = current + value
+        families = {_TIMER: self._timers, _HISTOGRAM: self._histograms, _DISTRIBUTION: self._distributions}
+        for (kind, key, rate), values in partial.samples.items():
+            self._merge_samples(families[kind], key, rate, values)
+        sets = self._sets
+        for key, members in partial.sets.items():
+            held = sets.data.get(key)
+            if held is None:
+                if self._admit(sets, key):
+                    sets.data[key] = members
+            else:
+                held.update(members)
+        for event in partial.events:
+            self.add_event(event)
+        for check in partial.service_checks:
+            self.add_service_check(check)
+        self.rejected_metrics += partial.refused
+        refused = self._refused
+        for marker in partial.refused_keys:
+            if marker not in refused:
+                self.rejected_series += 1
+                if len(refused) < self._max_series:
+                    refused.add(marker)
+
+    def _merge_samples(self, family: _TimerFamily, key: SeriesKey, rate: float, values: array[float]) -> None:
+        """``add`` of every value in ``values`` at ``rate``, without one Metric per value."""
+        if not values:
+            return
+        plain = family.data.get(key)
+        if rate == 1.0 and plain is not None:
+            plain.extend(values)
+            return
+        pairs = family.weighted.get(key)
+        if pairs is None:
+            if plain is None:
+                if not self._admit(family, key):
+                    return
+                if rate == 1.0:
+                    family.data[key] = values
+                    return
+                pairs = array("d")
+            else:
+                del family.data[key]
+                pairs = array("d", [1.0]) * (2 * len(plain))
+                pairs[0::2] = plain
+            family.weighted[key] = pairs
+        block = array("d", [1.0 / rate]) * (2 * len(values))
+        block[0::2] = values
+        pairs.extend(block)
 
     def _admit(self, family: _Family[_K, _V], key: _K) -> bool:
         """Account for ``key`` about to be opened in ``family.data`` (it is not there yet)."""

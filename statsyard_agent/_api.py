@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -35,6 +36,11 @@ def health_report(state: AgentState, supervisor: Supervisor) -> tuple[bool, dict
     if writer.consecutive_failures:
         problems.append(f"writes failing ({writer.consecutive_failures} in a row, "
                         f"{len(state.queue)} batches buffered): {writer.last_error}")
+    if writer.maintenance_failures:  # e.g. read-only: writes go on in open files, sealing cannot
+        problems.append(f"storage maintenance failing ({writer.maintenance_failures} in a row): "
+                        f"{writer.maintenance_error}")
+    if state.forward is not None:  # a sink further behind than its max_lag, or spooling failing
+        problems.extend(state.forward.problems())
     body: dict[str, object] = {
         "status": "degraded" if problems else "ok",
         "problems": problems,
@@ -44,17 +50,29 @@ def health_report(state: AgentState, supervisor: Supervisor) -> tuple[bool, dict
             "queue_points": state.queue.points,
             "dropped_batches": state.queue.dropped_batches,
             "consecutive_failures": writer.consecutive_failures,
+            "maintenance_failures": writer.maintenance_failures,
             "last_error": writer.last_error,
             "last_write_unix": writer.last_write_unix,
         },
         "series_active": state.aggregator.active_series,
         "version": __version__,
     }
+    if state.forward is not None:
+        body["forward"] = state.forward.health()
     return not problems, body
 
 
-def make_handler(state: AgentState, supervisor: Supervisor, registry: CollectorRegistry) -> Handler:
+#: A router for more paths (Graphite API, dashboard, /metrics/statsd): None = not mine.
+Route = Callable[[Request], Awaitable[Response | None]]
+
+
+def make_handler(state: AgentState, supervisor: Supervisor, registry: CollectorRegistry,
+                 routes: Sequence[Route] = ()) -> Handler:
     async def handle(request: Request) -> Response:
+        for route in routes:  # tried first, in order; each answers its own methods
+            answered = await route(request)
+            if answered is not None:
+                return answered
         if request.method not in ("GET", "HEAD"):
             return Response.text(405, "only GET is supported here\n")
         if request.path == "/metrics":

@@ -8,6 +8,7 @@ the socket, flush the open interval, write every queued batch, close the data di
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -26,9 +27,13 @@ from ._http import serve_http
 from ._metrics import StateCollector, Telemetry, UdpSocketInfo
 from ._protocol import Parser
 from ._queue import BatchQueue
+from ._readside import ReadSide, open_read_side
 from ._state import AgentState
 from ._supervisor import Supervisor
+from ._tags import BatchTagger, agent_tags, resolve_agent_tags
 from ._udp import MAX_DATAGRAM, drain_socket, open_udp_socket, run_udp_listener
+from ._unix import OriginCollector, UnixListener, run_unix_listener
+from .forward import ForwardCollector, ForwardHub, registry_batch
 from .storage import TSDB
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class AgentHandle:
     udp_address: tuple[str, int] | None
     http_address: tuple[str, int] | None
     _stop: trio.Event = field(default_factory=trio.Event)
+    unix: UnixListener | None = None
 
     async def flush(self, now: float | None = None) -> None:
         """Flush the open interval at ``now`` (default: the wall clock), then wait until every
@@ -83,6 +89,10 @@ async def run_agent(
     tsdb = await trio.to_thread.run_sync(TSDB.open, config.data_dir, config.storage)
     udp_sock: socket.socket | None = None
     http_sock: trio.socket.SocketType | None = None
+    unix: UnixListener | None = None
+    forward: ForwardHub | None = None
+    read_side: ReadSide | None = None
+    state: AgentState | None = None
     try:
         udp_info: UdpSocketInfo | None = None
         if config.udp is not None:
@@ -98,7 +108,11 @@ async def run_agent(
             except OSError as exc:
                 raise _bind_error("http", config.http, exc) from None
             http_sock.listen(128)
+        if config.unix.path is not None:
+            unix = UnixListener.open(config.unix, config.udp_rcvbuf, config.parser,
+                                     config.tagging.cardinality)
 
+        tagger = _agent_tagger(config)
         state = AgentState(
             config=config,
             parser=Parser(config.parser),
@@ -106,17 +120,27 @@ async def run_agent(
             tsdb=tsdb,
             faults=faults or FaultInjector(),
             queue=BatchQueue(config.writer_queue_max_batches),
+            batch_tagger=tagger,
         )
         registry = CollectorRegistry()
         telemetry = Telemetry.create(registry)
         stop = trio.Event()
         supervisor = Supervisor(config.supervisor, on_escalate=lambda reason: stop.set())
         registry.register(StateCollector(state, supervisor, lambda: udp_info))
+        registry.register(OriginCollector(tagger, unix))
+        read_side = open_read_side(config, state, supervisor, registry)
+        if config.forward:
+            forward = await trio.to_thread.run_sync(ForwardHub.open, config.forward,
+                                                    config.data_dir / "forward")
+            forward.self_metrics = partial(registry_batch, registry)
+            state.forward, state.relay = forward, forward.relay_datagram()
+            registry.register(ForwardCollector(forward))
         handle = AgentHandle(
             state, supervisor, telemetry,
             udp_address=udp_sock.getsockname()[:2] if udp_sock else None,
             http_address=http_sock.getsockname()[:2] if http_sock else None,
             _stop=stop,
+            unix=unix,
         )
 
         async with trio.open_nursery() as outer:
@@ -126,24 +150,33 @@ async def run_agent(
                 if udp_sock is not None:
                     await tasks.start(supervisor.supervise, "listener",
                                       partial(run_udp_listener, state, udp_sock))
+                if unix is not None:
+                    await tasks.start(supervisor.supervise, "unix_listener",
+                                      partial(run_unix_listener, state, unix))
                 await tasks.start(supervisor.supervise, "flusher",
                                   partial(run_flusher, state, telemetry))
                 await tasks.start(supervisor.supervise, "writer",
                                   partial(run_writer, state, telemetry))
+                for name, task in forward.tasks() if forward is not None else ():
+                    await tasks.start(supervisor.supervise, name, task)
+                for name, task in read_side.tasks():
+                    await tasks.start(supervisor.supervise, name, task)
                 if http_sock is not None:
                     await tasks.start(supervisor.supervise, "http",
                                       partial(serve_http, http_sock,
-                                              make_handler(state, supervisor, registry)))
+                                              make_handler(state, supervisor, registry,
+                                                           read_side.routes),
+                                              partial(state.faults.check, "http")))
                 log.info(
-                    "statsyard-agent ready udp=%s http=%s data_dir=%s flush_interval=%ds",
-                    _fmt(handle.udp_address), _fmt(handle.http_address), config.data_dir,
-                    config.flush_interval,
+                    "statsyard-agent ready udp=%s http=%s unix=%s data_dir=%s flush_interval=%ds",
+                    _fmt(handle.udp_address), _fmt(handle.http_address),
+                    unix.path if unix else "off", config.data_dir, config.flush_interval,
                 )
                 task_status.started(handle)
                 await stop.wait()
                 log.info("shutting down: final flush and write")
                 tasks.cancel_scope.cancel()
-            lost = await _final_flush(state, telemetry, udp_sock)
+            lost = await _final_flush(state, telemetry, udp_sock, unix)
             outer.cancel_scope.cancel()
         if supervisor.escalation:
             log.error("exiting with status %d: %s", EXIT_FAILED, supervisor.escalation)
@@ -157,11 +190,32 @@ async def run_agent(
             udp_sock.close()
         if http_sock is not None:
             http_sock.close()
+        if unix is not None:
+            unix.close()
+        if forward is not None:
+            forward.close()
+        if read_side is not None:
+            read_side.close()
         await trio.to_thread.run_sync(tsdb.close)
+        if state is not None and state.tsdb is not tsdb:  # reopened after a removed directory
+            await trio.to_thread.run_sync(state.tsdb.close)
 
 
-async def _final_flush(state: AgentState, telemetry: Telemetry,
-                       udp_sock: socket.socket | None) -> int:
+def _agent_tagger(config: AgentConfig) -> BatchTagger:
+    """The agent-wide tags, resolved once at start; logs what was added and what withheld."""
+    candidates = resolve_agent_tags(config.tagging, os.environ, socket.gethostname())
+    tags = agent_tags(config.tagging, candidates)
+    withheld = [f"{t.key} ({t.level}, from {t.source})" for t in candidates
+                if (t.key, t.value) not in tags]
+    log.info("tags on every series: %s", ",".join(f"{k}:{v}" for k, v in tags) or "none")
+    if withheld:
+        log.info("not added (tag_cardinality=%s, or overridden): %s", config.tagging.cardinality,
+                 ", ".join(withheld))
+    return BatchTagger(tags)
+
+
+async def _final_flush(state: AgentState, telemetry: Telemetry, udp_sock: socket.socket | None,
+                       unix: UnixListener | None = None) -> int:
     """Read what the kernel already holds, flush, and write everything; return points lost."""
     lost = 0
     with trio.CancelScope(shield=True):
@@ -169,11 +223,16 @@ async def _final_flush(state: AgentState, telemetry: Telemetry,
             buffer = bytearray(MAX_DATAGRAM)
             while drain_socket(state, udp_sock, buffer):
                 pass
+        if unix is not None:
+            while unix.drain(state):
+                pass
         try:
             await flush_once(state, telemetry)
         except Exception:
             log.exception("final flush failed; the open interval is lost")
         lost = await trio.to_thread.run_sync(drain_queue_blocking, state, telemetry)
+        if state.forward is not None:  # spool what is left; send it within shutdown_grace
+            await state.forward.shutdown()
         state.queue_drained.set()  # release anyone waiting in AgentHandle.flush
     return lost
 

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import trio
 
 from . import __version__
 from ._config import EXAMPLE_CONFIG, AgentConfig, load_config
+from ._envconfig import load_layered_config
 from ._exceptions import ConfigError, QueryError, StorageError
 
 EXIT_USAGE = 2
@@ -30,7 +32,9 @@ writes them to a local rolled-up time-series directory, and exposes its own heal
 (/metrics for Prometheus, /healthz).
 
 With no command it runs the agent on the embedded defaults: UDP 127.0.0.1:8125, HTTP 127.0.0.1:8126,
-flush every 10 s, data in ./statsyard-data. Flags override the config file, which overrides defaults.
+flush every 10 s, data in ./statsyard-data. Flags override STATSYARD_* environment variables
+(STATSYARD_FLUSH_INTERVAL=5, STATSYARD_STORAGE_RETENTION=...), which override the config file,
+which overrides defaults.
 """
 
 _EPILOG = """\
@@ -47,6 +51,7 @@ examples:
   echo "deploys:1|c|#env:prod" | nc -u -w0 127.0.0.1 8125
   statsyard-agent query 'stats.counters.*.count' --from -1h --format table
   statsyard-agent query 'stats.timers.api.{mean,upper_90}' --tag env=prod --format json
+  statsyard-agent --forward remote-write+http://vm:8428/api/v1/write --forward graphite://carbon:2003
 
 Run 'statsyard-agent COMMAND --help' for a command's own flags.
 """
@@ -76,6 +81,24 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                              "(what DogStatsD clients mean)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="log verbosity (default info)")
+    parser.add_argument("--unix", metavar="PATH",
+                        help="also listen on a Unix datagram socket at PATH (DogStatsD style); "
+                             "'' disables (default off)")
+    parser.add_argument("--unix-mode", metavar="MODE",
+                        help="permissions of the Unix socket file, octal (default 0660)")
+    parser.add_argument("--origin-detection", action=argparse.BooleanOptionalAction, default=None,
+                        help="tag Unix-socket series with the sender's process, pod and container "
+                             "(default on)")
+    parser.add_argument("--tags", metavar="LIST",
+                        help="tags for every series, comma-separated, e.g. env:prod,team:core")
+    parser.add_argument("--tag-cardinality", choices=("low", "orchestrator", "high"),
+                        help="highest agent-added tag level: low, orchestrator (+ pod name/uid), "
+                             "high (+ container id) (default low)")
+    parser.add_argument("--forward", action="append", metavar="URL",
+                        help="also send the series upstream (repeatable; adds to the config's "
+                             "[[forward]] sinks): graphite://HOST:PORT, "
+                             "remote-write+http://HOST:PORT/api/v1/write, or a StatsD relay "
+                             "statsd://HOST:PORT,HOST:PORT (see docs/scale-out.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +166,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "udp": "udp", "http": "http", "data_dir": "data_dir", "flush_interval": "flush_interval",
         "percentiles": "percentiles", "max_series": "max_series", "gauge_sign": "gauge_sign",
         "log_level": "log_level", "retention": "storage.retention",
+        "unix": "unix", "unix_mode": "unix_mode", "origin_detection": "origin_detection",
+        "tags": "tags", "tag_cardinality": "tag_cardinality", "forward": "forward",
     }
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr, None) is not None}
@@ -166,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     try:
         if command == "run":
-            config = load_config(args.config, _overrides(args))
+            config = load_layered_config(args.config, _overrides(args), os.environ)
             return _run(config)
         if command == "check-config":
             load_config(args.file, {})

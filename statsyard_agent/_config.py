@@ -16,7 +16,11 @@ from typing import Any, Literal
 
 from ._aggregate import AggregatorConfig
 from ._exceptions import ConfigError
+from ._graphite import GraphiteConfig, parse_graphite_config
+from ._promexport import PromExportConfig, parse_prometheus_config
 from ._protocol import ParserConfig
+from ._types import Tags
+from .forward._config import SinkConfig, parse_forward
 from .storage import DEFAULT_RETENTION, StorageConfig, parse_retention
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -43,6 +47,49 @@ class SupervisorConfig:
     backoff_max: float = 5.0
 
 
+#: Socket paths longer than this do not fit ``sockaddr_un.sun_path`` (108 bytes with the NUL).
+MAX_UNIX_PATH_BYTES = 107
+
+
+@dataclass(frozen=True, slots=True)
+class UnixConfig:
+    """The Unix datagram listener (DogStatsD style). ``path`` None disables it; ``mode`` is set
+    on the socket file after bind; ``origin_detection`` tags each datagram's series with where its
+    sender runs (SO_PASSCRED pid -> /proc), see :mod:`statsyard_agent._origin`."""
+
+    path: Path | None = None
+    mode: int = 0o660
+    origin_detection: bool = True
+
+
+#: Tag cardinality levels, lowest first; a level allows its own tags and every lower level's.
+CARDINALITIES = ("low", "orchestrator", "high")
+
+#: ``(tag key, environment variable, cardinality)``: the Kubernetes Downward API names.
+DEFAULT_ENV_TAGS: tuple[tuple[str, str, str], ...] = (
+    ("kube_namespace", "POD_NAMESPACE", "low"),
+    ("kube_node", "NODE_NAME", "low"),
+    ("pod_name", "POD_NAME", "orchestrator"),
+    ("pod_uid", "POD_UID", "orchestrator"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TagsConfig:
+    """Tags the agent adds to every series (see :mod:`statsyard_agent._tags`).
+
+    ``static``: from the config, always added. ``host``: ``""`` (none, the default: a local
+    TSDB holds one host's data, and a new tag would split every existing series), ``"auto"``
+    (this machine's name) or a fixed name. ``env``: ``(tag, variable, cardinality)`` read at start.
+    ``cardinality``: the highest level allowed, for these and for the Unix socket's origin tags.
+    """
+
+    static: Tags = ()
+    cardinality: str = "low"
+    host: str = ""
+    env: tuple[tuple[str, str, str], ...] = DEFAULT_ENV_TAGS
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     udp: Address | None = Address("127.0.0.1", 8125)
@@ -56,6 +103,11 @@ class AgentConfig:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    unix: UnixConfig = field(default_factory=UnixConfig)
+    tagging: TagsConfig = field(default_factory=TagsConfig)
+    forward: tuple[SinkConfig, ...] = ()
+    graphite: GraphiteConfig = field(default_factory=GraphiteConfig)
+    prometheus: PromExportConfig = field(default_factory=PromExportConfig)
 
 
 # The accepted keys: top level and per section. Each maps to a converter that raises ConfigError.
@@ -73,11 +125,22 @@ _TOP_KEYS = {
     "udp_rcvbuf",
     "sanitize_names",
     "writer_queue_max_batches",
+    "unix",
+    "unix_mode",
+    "origin_detection",
+    "tags",
+    "tag_cardinality",
+    "host_tag",
+    "forward",
 }
 _SECTIONS = {
     "storage": {"retention", "fsync", "xfiles_factor", "schemas"},
     "supervisor": {"max_restarts", "max_seconds"},
     "limits": {"max_line_bytes", "max_name_bytes", "max_tags", "max_tag_bytes"},
+    "env_tags": set(CARDINALITIES),
+    "graphite": {"max_series", "max_points", "max_find_results"},
+    "prometheus": {"enabled", "observer_type", "quantiles", "buckets", "summary_max_age", "max_series",
+                   "ttl", "mappings"},
 }
 
 EXAMPLE_CONFIG = f"""\
@@ -95,6 +158,12 @@ udp_rcvbuf = 8388608            # SO_RCVBUF asked for (the kernel may grant less
 sanitize_names = true           # Etsy keyNameSanitize
 log_level = "info"              # debug | info | warning | error
 writer_queue_max_batches = 360  # flushed batches buffered while the disk fails (drop-oldest, counted)
+unix = ""                       # Unix datagram socket path (DogStatsD style); "" disables it
+unix_mode = "0660"              # permissions of the socket file (octal)
+origin_detection = true         # tag Unix-socket series with the sender's process/pod/container
+tags = []                       # on every series, e.g. ["env:prod", "team:core"]
+tag_cardinality = "low"         # low | orchestrator (+ pod name/uid) | high (+ container id)
+host_tag = ""                   # host:NAME on every series: "auto" = this machine's name, "" = none
 
 [storage]
 retention = "{DEFAULT_RETENTION}"  # Whisper-style tiers step:keep
@@ -113,6 +182,51 @@ max_line_bytes = 8192
 max_name_bytes = 1024
 max_tags = 100
 max_tag_bytes = 512
+
+[graphite]                      # the Graphite render API (/render, /metrics/find, /tags ...) and dashboard
+max_series = 10000              # series one request may select (413 beyond)
+max_points = 5000000            # points one request may return (413 beyond)
+max_find_results = 100000       # tree nodes one /metrics/find may return
+
+[prometheus]                    # GET /metrics/statsd: the StatsD data itself for Prometheus (opt-in)
+enabled = false
+observer_type = "summary"       # timers/histograms/distributions as "summary" or "histogram"
+quantiles = [0.5, 0.9, 0.99]    # summary quantiles, over the last summary_max_age seconds
+summary_max_age = 600
+buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]  # histogram bounds (timers: s)
+max_series = 100000             # StatsD series exposed at most (the rest counted, not exposed)
+ttl = 0                         # seconds after which a silent series is dropped; 0 = keep
+# [[prometheus.mappings]]       # first match wins (statsd_exporter style); $1.. = what * matched
+# match = "api.*.requests"      # glob on the StatsD name ('*' = one dot-free part), or a regex
+# match_type = "glob"           # glob | regex
+# match_metric_type = "counter" # optional: counter gauge timer histogram distribution set
+# name = "api_requests"         # the Prometheus name (counters get _total)
+# labels = {{ endpoint = "$1" }}
+# action = "map"                # map | drop
+# observer_type = "histogram"   # optional, for timers
+[env_tags]                      # tag = "ENVIRONMENT_VARIABLE" (Kubernetes Downward API), per cardinality
+low = {{ kube_namespace = "POD_NAMESPACE", kube_node = "NODE_NAME" }}
+orchestrator = {{ pod_name = "POD_NAME", pod_uid = "POD_UID" }}
+high = {{}}
+
+# Forwarding to the engines a fleet runs (docs/scale-out.md): one [[forward]] table per sink, or
+# --forward URL on the command line (adds a sink with the defaults below).
+# [[forward]]
+# url = "remote-write+http://127.0.0.1:8428/api/v1/write"  # or graphite://HOST:2003,
+#                                 # or statsd://HOST:8125,HOST:8125 (relay, sharded by name)
+# name = "vm"                     # the sink label and spool directory (default from the url)
+# tags = ["instance:web-01"]      # added to every forwarded series (not to the local store)
+# self_metrics = false            # forward the agent's own /metrics too
+# spool_max_bytes = 268435456     # on-disk spool bound; beyond it the oldest is dropped (counted)
+# fsync = true                    # fsync each spooled batch
+# max_points_per_send = 2000      # points per request / connection
+# timeout = 10                    # seconds per send
+# backoff_initial = 0.5           # retry delay doubling up to backoff_max (with jitter)
+# backoff_max = 30
+# max_lag = 300                   # /healthz degraded while the oldest unsent point is older; 0 = off
+# shutdown_grace = 5              # at shutdown, seconds to send what is spooled (the rest waits)
+# headers = {{ X-Scope-OrgID = "team-a" }}  # remote write only: extra HTTP headers
+# max_datagram = 1432             # statsd relay only: bytes per datagram upstream
 """
 
 
@@ -201,6 +315,112 @@ def _schemas(value: object, key: str) -> tuple[tuple[str, tuple[Any, ...]], ...]
                                 key=f"{where}.retention")
         result.append((pattern, tiers))
     return tuple(result)
+
+
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.\-/]+")
+_TAG_VALUE = re.compile(r"[^\s,|;]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _tag_pair(item: object, key: str) -> tuple[str, str]:
+    if not isinstance(item, str):
+        raise ConfigError(key, f"expected tags as strings like 'env:prod', got {item!r}")
+    name, _, value = item.partition(":")
+    if not _TAG_KEY.fullmatch(name) or not _TAG_VALUE.fullmatch(value):
+        raise ConfigError(key, f"bad tag {item!r}: want KEY or KEY:VALUE, the key of "
+                               "[A-Za-z0-9_.-/], the value without spaces, ',', '|' or ';'")
+    return name, value
+
+
+def _tag_list(value: object, key: str) -> Tags:
+    """A list of ``KEY:VALUE`` strings, or one comma-separated string (flags, environment)."""
+    if isinstance(value, str):
+        items: list[object] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise ConfigError(key, f"expected a list like [\"env:prod\"], got {value!r}")
+    return tuple(sorted({_tag_pair(item, key) for item in items}))
+
+
+def _env_tag_table(value: object, key: str) -> tuple[tuple[str, str], ...]:
+    """``{tag = "VARIABLE", ...}``, or ``"tag=VARIABLE,..."`` (flags, environment)."""
+    if isinstance(value, str):
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            tag, sep, variable = part.partition("=")
+            if not sep:
+                raise ConfigError(key, f"expected tag=VARIABLE pairs, got {part!r}")
+            items.append((tag.strip(), variable.strip()))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise ConfigError(key, f"expected a table like {{ pod_name = \"POD_NAME\" }}, got {value!r}")
+    for tag, variable in items:
+        if not isinstance(tag, str) or not _TAG_KEY.fullmatch(tag):
+            raise ConfigError(key, f"bad tag key {tag!r}: use [A-Za-z0-9_.-/]")
+        if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
+            raise ConfigError(key, f"bad environment variable name {variable!r} for tag {tag!r}")
+    return tuple(items)
+
+
+def _file_mode(value: object, key: str) -> int:
+    """``"0660"``, ``"660"``, ``"0o660"`` or a TOML octal integer ``0o660``."""
+    if isinstance(value, str) and re.fullmatch(r"(0o)?[0-7]{1,4}", value):
+        mode = int(value.removeprefix("0o"), 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ConfigError(key, f"expected an octal mode like \"0660\", got {value!r}")
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(key, f"must be within 0..0777 (write it as a string \"0660\" or as "
+                               f"0o660; a plain 660 is decimal), got {value!r}")
+    return mode
+
+
+def _unix_config(values: Mapping[str, Any]) -> UnixConfig:
+    defaults = UnixConfig()
+    path = None
+    raw = _string(values.get("unix", ""), "unix")
+    if raw:
+        if raw.startswith("@") or "\0" in raw:
+            raise ConfigError("unix", "abstract sockets are not supported; give a file path")
+        if len(raw.encode()) > MAX_UNIX_PATH_BYTES:
+            raise ConfigError("unix", f"{raw!r} is longer than {MAX_UNIX_PATH_BYTES} bytes, the "
+                                      "kernel's limit for socket paths; choose a shorter path")
+        path = Path(raw)
+    return UnixConfig(
+        path=path,
+        mode=_file_mode(values.get("unix_mode", f"{defaults.mode:04o}"), "unix_mode"),
+        origin_detection=_bool(values.get("origin_detection", defaults.origin_detection),
+                               "origin_detection"),
+    )
+
+
+def _tags_config(values: Mapping[str, Any], env_section: Mapping[str, Any]) -> TagsConfig:
+    defaults = TagsConfig()
+    host = _string(values.get("host_tag", defaults.host), "host_tag")
+    if host and not _TAG_VALUE.fullmatch(host):
+        raise ConfigError("host_tag", f"must not contain spaces, ',', '|' or ';', got {host!r}")
+    env: list[tuple[str, str, str]] = []
+    for level in CARDINALITIES:
+        key = f"env_tags.{level}"
+        if level in env_section:
+            env += [(t, v, level) for t, v in _env_tag_table(env_section[level], key)]
+        else:
+            env += [entry for entry in defaults.env if entry[2] == level]
+    seen: dict[str, str] = {}
+    for tag, _, level in env:
+        if tag in seen:
+            raise ConfigError(f"env_tags.{level}", f"tag {tag!r} is also in env_tags.{seen[tag]}")
+        seen[tag] = level
+    return TagsConfig(
+        static=_tag_list(values.get("tags", []), "tags"),
+        cardinality=_choice(values.get("tag_cardinality", defaults.cardinality),
+                            "tag_cardinality", CARDINALITIES),
+        host=host,
+        env=tuple(env),
+    )
 
 
 def build_config(values: Mapping[str, Any]) -> AgentConfig:
@@ -306,6 +526,11 @@ def build_config(values: Mapping[str, Any]) -> AgentConfig:
         aggregator=aggregator,
         storage=storage,
         supervisor=supervisor,
+        unix=_unix_config(values),
+        tagging=_tags_config(values, sections["env_tags"]),
+        forward=parse_forward(get("forward", []), "forward"),
+        graphite=parse_graphite_config(sections["graphite"]),
+        prometheus=parse_prometheus_config(sections["prometheus"]),
     )
 
 
@@ -331,6 +556,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
             merged = dict(values.get(section, {}))
             merged[sub] = value
             values[section] = merged
+        elif key == "forward" and isinstance(values.get(key), list):
+            values[key] = [*values[key], *(value if isinstance(value, list) else [value])]
         else:
             values[key] = value
     return build_config(values)

@@ -15,10 +15,10 @@ import time
 
 import trio
 
-from ._aggregate import build_flush_batch
 from ._exceptions import StorageError
 from ._faults import InjectedFault
 from ._metrics import Telemetry
+from ._reopen import reopen_if_replaced
 from ._state import AgentState
 from ._types import FlushBatch
 
@@ -34,13 +34,30 @@ async def flush_once(state: AgentState, telemetry: Telemetry, now: float | None 
     async with state.flush_lock:
         now = time.time() if now is None else now
         started = time.perf_counter()
+        for collect in state.collectors:  # partial aggregates of the ingest workers
+            await collect()
+        state.merge_preaggregated()
         interval = max(now - state.last_flush_unix, 1e-3)
         snapshot = state.aggregator.take_snapshot(math.ceil(now), interval)
+        _log_refused_series(state)
         state.pending_snapshots.append(snapshot)
         state.last_flush_unix = now
         await queue_pending_snapshots(state)
         state.flushes += 1
         telemetry.flush_seconds.observe(time.perf_counter() - started)
+
+
+def _log_refused_series(state: AgentState) -> None:
+    """Once per interval: say that the cardinality cap refused new series, and how many."""
+    aggregator = state.aggregator
+    refused = aggregator.rejected_series - state.rejected_series_logged
+    if refused > 0:
+        state.rejected_series_logged = aggregator.rejected_series
+        log.warning(
+            "max_series=%d reached: %d new series refused in the interval just flushed (existing "
+            "series keep working; see statsyard_series_rejected_total{reason=\"cardinality\"})",
+            aggregator.config.max_series, refused,
+        )
 
 
 async def queue_pending_snapshots(state: AgentState) -> None:
@@ -51,11 +68,15 @@ async def queue_pending_snapshots(state: AgentState) -> None:
     """
     while state.pending_snapshots:
         snapshot = state.pending_snapshots[0]
-        batch = await trio.to_thread.run_sync(build_flush_batch, snapshot)
+        batch = await trio.to_thread.run_sync(state.batch_tagger.build, snapshot)
         state.faults.check("flusher")
         state.queue.push(batch)
+        if state.forward is not None:
+            state.forward.offer(batch)
         del state.pending_snapshots[0]
         state.wake_writer()
+        for observe in state.batch_observers:
+            observe(batch)
 
 
 async def run_flusher(state: AgentState, telemetry: Telemetry) -> None:
@@ -84,6 +105,7 @@ def _timed_write(state: AgentState, telemetry: Telemetry, batch: FlushBatch) -> 
         state.faults.check("disk")
     except InjectedFault as exc:
         raise StorageError("injected disk failure") from exc
+    state.faults.stall("slow_disk")
     written = state.tsdb.write(batch)
     telemetry.write_seconds.observe(time.perf_counter() - started)
     return written
@@ -117,6 +139,8 @@ async def run_writer(state: AgentState, telemetry: Telemetry) -> None:
             health.last_error = str(exc)
             log.error("write failed (%d batches queued, retrying in %.1f s): %s",
                       len(state.queue), backoff, exc)
+            if await reopen_if_replaced(state):  # the directory was removed or replaced
+                continue
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             continue
@@ -132,7 +156,12 @@ async def _maintain(state: AgentState) -> None:
         await trio.to_thread.run_sync(state.tsdb.maintain, time.time())
     except StorageError as exc:
         state.writer.last_error = f"maintenance: {exc}"
+        state.writer.maintenance_failures += 1
+        state.writer.maintenance_error = str(exc)
         log.error("storage maintenance failed: %s", exc)
+    else:
+        state.writer.maintenance_failures = 0
+        state.writer.maintenance_error = ""
 
 
 def drain_queue_blocking(state: AgentState, telemetry: Telemetry) -> int:

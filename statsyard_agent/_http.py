@@ -51,10 +51,16 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def serve_http(listener: trio.socket.SocketType, handler: Handler) -> None:
-    """Accept connections on ``listener`` forever, serving each in its own task."""
+async def serve_http(listener: trio.socket.SocketType, handler: Handler,
+                     on_connection: Callable[[], None] = lambda: None) -> None:
+    """Accept connections on ``listener`` forever, serving each in its own task.
+
+    ``on_connection`` runs when a connection waits, before it is accepted (the fault injection
+    point of the crash tests: the connection stays queued for the restarted server)."""
     async with trio.open_nursery() as nursery:
         while True:
+            await trio.lowlevel.wait_readable(listener)
+            on_connection()
             conn, _ = await listener.accept()
             nursery.start_soon(_serve_connection, trio.SocketStream(conn), handler)
 

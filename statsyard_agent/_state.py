@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._aggregate import Aggregator, Snapshot
 from ._config import AgentConfig
 from ._faults import FaultInjector
+from ._ingest import PreAggregator
 from ._protocol import Parser
 from ._queue import BatchQueue
+from ._tags import BatchTagger
+from ._types import FlushBatch
 from .storage import TSDB
+
+if TYPE_CHECKING:
+    from .forward import ForwardHub
 
 
 @dataclass
@@ -40,6 +48,9 @@ class WriterHealth:
     batches_written: int = 0
     write_errors: int = 0
     consecutive_failures: int = 0
+    # Maintenance (sealing, rollups) creates files: a read-only or full disk shows here first.
+    maintenance_failures: int = 0  # in a row
+    maintenance_error: str = ""
     last_error: str = ""
     last_write_unix: float = 0.0
 
@@ -60,30 +71,38 @@ class AgentState:
     writer_wakeup: trio.Event = field(default_factory=trio.Event)
     flush_lock: trio.Lock = field(default_factory=trio.Lock)
     queue_drained: trio.Event = field(default_factory=trio.Event)
+    # Adds the agent-wide tags (config, environment, host) to each batch as it is built.
+    batch_tagger: BatchTagger = field(default_factory=BatchTagger)
+    # Forwarding (statsyard_agent.forward): gets each queued batch; the relay gets raw datagrams.
+    forward: ForwardHub | None = None
+    relay: Callable[[bytes], None] | None = None
+    # The receive path's fast pre-aggregation (statsyard_agent._ingest); merged at each flush.
+    preagg: PreAggregator = field(init=False)
+    # Called before each snapshot to gather partial aggregates held elsewhere (ingest workers).
+    collectors: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # rejected_series when the cardinality warning was last logged (once per interval).
+    rejected_series_logged: int = 0
+    # Called with each batch once it is queued (the /metrics/statsd exporter); must be cheap
+    # and must not raise: it runs on the event loop inside the flush.
+    batch_observers: list[Callable[[FlushBatch], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.preagg = PreAggregator(self.parser, self.ingest, self.config.aggregator.max_series)
 
     def wake_writer(self) -> None:
         self.writer_wakeup.set()
 
     def handle_datagram(self, data: bytes) -> None:
-        """Parse one datagram and aggregate what it held. The hot path: ints and dicts only."""
-        result = self.parser.parse_datagram(data)
+        """Parse one datagram and pre-aggregate what it held (merged into the aggregator at the
+        next flush). The hot path: ints and dicts only; line and error counts are live."""
+        if self.relay is not None:
+            self.relay(data)
         ingest = self.ingest
         ingest.packets += 1
         ingest.bytes += len(data)
-        ingest.lines += result.lines
-        aggregator = self.aggregator
-        add = aggregator.add
-        for metric in result.metrics:
-            add(metric)
-        ingest.metrics += len(result.metrics)
-        if result.events:
-            ingest.events += len(result.events)
-            for event in result.events:
-                aggregator.add_event(event)
-        if result.service_checks:
-            ingest.service_checks += len(result.service_checks)
-            for check in result.service_checks:
-                aggregator.add_service_check(check)
-        if result.errors:
-            for error in result.errors:
-                ingest.parse_errors[error.reason] += 1
+        self.preagg.feed(data)
+
+    def merge_preaggregated(self) -> None:
+        """Fold what the receive path pre-aggregated into the aggregator's open interval."""
+        if self.preagg.pending:
+            self.aggregator.merge(self.preagg.take())

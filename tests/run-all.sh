@@ -24,6 +24,9 @@ apt_install() {
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm
 fi
+# The forwarding tests start their own VictoriaMetrics on loopback (tests/test_forward_vm.py). On a
+# host with systemd the package also enables a service on :8428 (all interfaces): stop it if unwanted.
+apt_install victoria-metrics
 
 step "pip install -e '.[test]'"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' || true

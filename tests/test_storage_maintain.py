@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from statsyard_agent._exceptions import StorageError
 from statsyard_agent._types import FlushBatch, Rollup
 from statsyard_agent.storage import (
     TSDB,
     Reader,
     StorageConfig,
+    _partition,
     parse_retention,
     storage_stats,
     verify_storage,
@@ -243,3 +247,30 @@ def test_damaged_partition_is_quarantined_and_reads_go_on(tmp_path: Path, where:
     assert [p.name for p in (tmp_path / "quarantine").iterdir()] == [f"g0-10s-{full.name}"]
     assert verify_storage(tmp_path) == []
     assert storage_stats(tmp_path)["quarantined"] == 1
+
+
+def test_disk_full_during_maintenance_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = history(seed=13)[:500]
+    db = write_history(tmp_path, values, maintain=False)
+    real = _partition.write_all
+    calls = {"n": 0}
+
+    def full_disk(fd: int, data: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:  # let a few partitions through, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_partition, "write_all", full_disk)
+    later = T0 + 10 * len(values) + 86400
+    with pytest.raises(StorageError, match="disk is full"):
+        db.maintain(later, budget=None)
+    assert not list(tmp_path.rglob("*.tmp"))
+    [count] = Reader(tmp_path).query("t.count", T0, T0 + 5000, now=T0)
+    np.testing.assert_array_equal(count.values, values[:, 0])
+    monkeypatch.undo()
+    assert db.maintain(later, budget=None)
+    db.close()
+    [count] = Reader(tmp_path).query("t.count", T0, T0 + 5000, now=T0)
+    np.testing.assert_array_equal(count.values, values[:, 0])
+    assert verify_storage(tmp_path) == []

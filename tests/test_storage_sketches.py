@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from statsyard_agent._exceptions import CorruptDataError
 from statsyard_agent._sketch import LogSketch
 from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
 from statsyard_agent.storage import TSDB, Reader, SeriesKey, StorageConfig, parse_retention
+from statsyard_agent.storage._sketches import merge_groups
 
 T0 = 1_700_000_000 - 1_700_000_000 % 86400
 CONFIG = StorageConfig(retention=parse_retention("10s:1h,1m:6h,10m:2d"), fsync=False)
@@ -125,3 +130,48 @@ def test_several_flushes_in_one_slot_merge_their_sketches(tmp_path: Path) -> Non
     [series] = Reader(tmp_path).query(f"{BASE}.p90", T0, T0 + 200, now=T0)
     assert series.step == 10
     assert check(series.values, series.start, 10, samples, 0.9, 2) == 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.one_of(
+                    st.floats(-1e6, 1e6, allow_nan=False),
+                    st.integers(-500, 500).map(float),
+                    st.just(0.0),
+                ),
+                max_size=30,
+            ),
+            st.integers(0, 5),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_vectorised_merge_equals_merge_all(entries: list[tuple[list[float], int, bool]]) -> None:
+    """The rollup's batch merge gives merge_all's bytes (fast path and fallbacks alike)."""
+    blobs, groups = [], []
+    for values, group, weighted in entries:
+        array = np.array(values)
+        weights = np.full(len(array), 2.5) if weighted else None
+        blobs.append(LogSketch.from_values(array, weights).to_bytes())
+        groups.append(group)
+    blobs.append(b"\x01\x00garbage\xff")
+    groups.append(0)
+    merged = merge_groups(blobs, groups)
+    for group in set(groups):
+        members = [b for b, g in zip(blobs, groups, strict=True) if g == group]
+        if len(members) == 1:
+            assert merged[group] == members[0]
+            continue
+        sketches = []
+        for blob in members:
+            with contextlib.suppress(CorruptDataError):
+                sketches.append(LogSketch.from_bytes(blob))
+        expected = LogSketch.merge_all(sketches)
+        assert LogSketch.from_bytes(merged[group]) == expected
+        if not any(w for _v, g, w in entries if g == group):
+            assert merged[group] == expected.to_bytes()

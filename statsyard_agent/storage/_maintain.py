@@ -37,7 +37,6 @@ import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError
-from statsyard_agent._sketch import LogSketch
 from statsyard_agent._types import Rollup
 
 from . import _files
@@ -54,6 +53,7 @@ from ._partition import (
 )
 from ._plan import TierPlan, plan_tiers
 from ._rollup import rollup
+from ._sketches import merge_groups
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ SEAL_GRACE = 60
 #: Point series per step of a resumable build.
 _BATCH = 256
 #: Sketch series per step (each may merge hundreds of sketches).
-_SKETCH_BATCH = 4
+_SKETCH_BATCH = 16
 #: Partition bytes checksummed per maintenance call.
 _SCRUB_BYTES = 16 << 20
 #: Seconds (real time) between the starts of two scrub passes over all partitions.
@@ -79,19 +79,6 @@ class DiskUsage:
     partitions: int = 0
     partition_bytes: int = 0
     quarantined: int = 0
-
-
-def merge_sketch_blobs(blobs: list[bytes]) -> bytes | None:
-    """One sketch from several (a single one is kept byte for byte); None if none decode."""
-    if len(blobs) == 1:
-        return blobs[0]
-    sketches = []
-    for blob in blobs:
-        try:
-            sketches.append(LogSketch.from_bytes(blob))
-        except CorruptDataError:
-            log.warning("skipping a sketch that does not decode")
-    return LogSketch.merge_all(sketches).to_bytes() if sketches else None
 
 
 def covered(parts: list[PartRef], start: int, end: int) -> bool:
@@ -167,16 +154,24 @@ class Maintenance:
                     window = head.windows[start]
                     if window.end <= edge:
                         self._seal_window(gid, window)
+                        # Sealed for good: if a later window fails, this one is not redone.
+                        self.heads.advance(gid, window.end)
             self.heads.advance(gid, edge)
 
     def _seal_window(self, gid: int, window: HeadWindow) -> None:
         ids, values = window.export()
-        sketches: dict[int, dict[int, bytes]] = {}
+        sketch_ids = sorted({sid for by_id in window.sketches.values() for sid in by_id})
+        row = {sid: i for i, sid in enumerate(sketch_ids)}
+        blobs: list[bytes] = []
+        groups: list[int] = []
         for slot, by_id in window.sketches.items():
-            for sid, blobs in by_id.items():
-                merged = merge_sketch_blobs(blobs)
-                if merged is not None:
-                    sketches.setdefault(sid, {})[slot] = merged
+            for sid, flushed in by_id.items():
+                blobs.extend(flushed)
+                groups.extend([row[sid] * window.slots + slot] * len(flushed))
+        sketches: dict[int, dict[int, bytes]] = {}
+        for group, merged in merge_groups(blobs, groups).items():
+            sid = sketch_ids[group // window.slots]
+            sketches.setdefault(sid, {})[group % window.slots] = merged
         if len(ids) == 0 and not sketches:
             return
         path = _files.tier_dir(self.data_dir, gid, window.step) / _files.partition_name(
@@ -512,17 +507,18 @@ class _Rollup(_Build):
             if has.any():
                 weights[mean[has]] = self.source.read_points(siblings[has])
         coarse = rollup(fine, codes, self.factor, xff=self.owner.xff, weights=weights)
-        for sid in sketch_ids.tolist():
-            groups: dict[int, list[bytes]] = {}
+        slots = self.writer.slots
+        blobs: list[bytes] = []
+        groups: list[int] = []
+        for i, sid in enumerate(sketch_ids.tolist()):
             for slot, blob in self.source.read_sketches(sid).items():
-                groups.setdefault(slot // self.factor, []).append(blob)
-            merged = {}
-            for slot, blobs in groups.items():
-                one = merge_sketch_blobs(blobs)
-                if one is not None:
-                    merged[slot] = one
-            if merged:
-                self.writer.add(sid, encode_sketches(self.writer.slots, merged), sketch_slots=len(merged))
+                blobs.append(blob)
+                groups.append(i * slots + slot // self.factor)
+        per_series: dict[int, dict[int, bytes]] = {}
+        for group, merged in merge_groups(blobs, groups).items():
+            per_series.setdefault(group // slots, {})[group % slots] = merged
+        for i, found in sorted(per_series.items()):
+            self.writer.add(int(sketch_ids[i]), encode_sketches(slots, found), sketch_slots=len(found))
         self.culprit = None
         _add_rows(self.writer, points, coarse)
 

@@ -51,6 +51,7 @@ from ._glob import Glob
 from ._head import HeadSet
 from ._index import SeriesIndex
 from ._rollup import rollup
+from ._sketches import merge_groups
 from ._wal import FlushRecord, SegmentState
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,11 @@ class SeriesData:
 
 
 class Reader:
-    """Reads a data directory, any number of them, in any process, beside a running writer."""
+    """Reads a data directory, any number of them, in any process, beside a running writer.
+
+    One Reader is not thread-safe (it caches the head and open partitions): give each thread
+    its own. It holds at most 64 partition files open; :meth:`close` releases them.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         """Raises StorageError when ``data_dir`` is not a StatsYard data directory."""
@@ -296,17 +301,20 @@ class Reader:
         (every sample of the slot, however many flushes and tiers it went through)."""
         bucket = plan.step * plan.factor
         end = plan.first + plan.count * bucket
-        blobs = self._fetch_sketches(plan.gid, plan.level, plan.target.sid, plan.first, end)
-        per_slot: dict[int, list[bytes]] = {}
-        for t, found in blobs.items():
-            per_slot.setdefault((t - plan.first) // bucket, []).extend(found)
+        found = self._fetch_sketches(plan.gid, plan.level, plan.target.sid, plan.first, end)
+        blobs: list[bytes] = []
+        slots: list[int] = []
+        for t, in_slot in found.items():
+            blobs.extend(in_slot)
+            slots.extend([(t - plan.first) // bucket] * len(in_slot))
         values = np.full(plan.count, np.nan)
         q = plan.target.quantile
         assert q is not None
-        for slot, found in per_slot.items():
-            sketch = _merge(found)
-            if sketch is not None:
-                values[slot] = sketch.quantile(q)
+        for slot, merged in merge_groups(blobs, slots).items():
+            try:
+                values[slot] = LogSketch.from_bytes(merged).quantile(q)
+            except CorruptDataError:
+                log.warning("skipping a stored sketch that does not decode")
         return plan.result(values)
 
     def _fetch_sketches(self, gid: int, level: int, sid: int, start: int, end: int) -> dict[int, list[bytes]]:
@@ -469,16 +477,6 @@ class _Plan:
             step=self.step * self.factor,
             values=values,
         )
-
-
-def _merge(blobs: list[bytes]) -> LogSketch | None:
-    sketches = []
-    for blob in blobs:
-        try:
-            sketches.append(LogSketch.from_bytes(blob))
-        except CorruptDataError:
-            log.warning("skipping a stored sketch that does not decode")
-    return LogSketch.merge_all(sketches) if sketches else None
 
 
 def _has_tags(series_tags: Tags, wanted: Tags) -> bool:

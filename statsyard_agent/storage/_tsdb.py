@@ -11,6 +11,10 @@ Write path (:meth:`TSDB.write`), all under one lock:
 
 A failed append is truncated away again, so the disk never holds half a record after an
 error, and a retried batch is recognised by its fingerprint, so it is never stored twice.
+
+Everything after the WAL (sealing, compaction, rollups, retention, scrubbing, quarantine) is
+:meth:`TSDB.maintain`'s, implemented in :mod:`._maintain`; recovery at :meth:`TSDB.open` only
+truncates torn tails, removes tmp files and replays the WAL into the head.
 """
 
 from __future__ import annotations
@@ -499,18 +503,19 @@ class TSDB:
 
     @property
     def stats(self) -> WriterStats:
-        with self._mutex:
-            wal_bytes = sum(s.size for s in self._segments)
-            usage = self._usage
-            return WriterStats(
-                quarantined_partitions=usage.quarantined,
-                points_written=self._points_written,
-                bytes_on_disk=self._index_file.size + wal_bytes + usage.partition_bytes,
-                series=len(self._index.point_ids),
-                late_points_dropped=self._late_dropped,
-                wal_bytes=wal_bytes,
-                partitions=usage.partitions,
-            )
+        """A snapshot of the counters. Takes no lock (a metrics scrape on the event loop
+        must not wait for a maintenance slice), so the fields may be a write apart."""
+        wal_bytes = sum(s.size for s in list(self._segments))
+        usage = self._usage
+        return WriterStats(
+            quarantined_partitions=usage.quarantined,
+            points_written=self._points_written,
+            bytes_on_disk=self._index_file.size + wal_bytes + usage.partition_bytes,
+            series=len(self._index.point_ids),
+            late_points_dropped=self._late_dropped,
+            wal_bytes=wal_bytes,
+            partitions=usage.partitions,
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------
