@@ -55,8 +55,9 @@ def best_of(runs: int, fn: Callable[[], object]) -> float:
     return best
 
 
-def protobuf_request(batch: FlushBatch,
-                     cache: dict[tuple[str, object], list[tuple[str, str]]] | None = None) -> bytes:
+def protobuf_request(
+    batch: FlushBatch, cache: dict[tuple[str, object], list[tuple[str, str]]] | None = None
+) -> bytes:
     """With ``cache``, the sanitized label lists are reused, so only protobuf's work is timed."""
     request = prompb.WriteRequest()
     ts_ms = batch.timestamp * 1000
@@ -94,16 +95,14 @@ def main() -> None:
     lines = sum(len(r.payload) for r in graphite.encode(batch).records)
 
     def row(label: str, seconds: float, extra: str = "") -> None:
-        print(f"  {label:<44} {seconds * 1e3:8.1f} ms  {series / seconds / 1e3:8.0f} k points/s"
-              f"  {extra}")
+        print(f"  {label:<44} {seconds * 1e3:8.1f} ms  {series / seconds / 1e3:8.0f} k points/s  {extra}")
 
     print(f"one flush of {series} points (best of several runs)")
     row("remote write, hand-written, cached labels", warm, f"{len(body)} B")
     row("remote write, hand-written, cold", cold)
     row("remote write, protobuf package (upb)", lib, f"{len(lib_body)} B")
     row("remote write, protobuf package, cached labels", lib_cached)
-    row("snappy compress_raw (cramjam)", snappy,
-        f"{compressed} B, ratio {len(body) / compressed:.1f}x")
+    row("snappy compress_raw (cramjam)", snappy, f"{compressed} B, ratio {len(body) / compressed:.1f}x")
     row("graphite plaintext, cached prefixes", graphite_warm, f"{lines} B")
 
 

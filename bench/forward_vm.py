@@ -44,8 +44,13 @@ def _rows(url: str, kind: str) -> int:
 
 
 async def run_sink(url: str, spool_root: Path, batches: int, points: int, fsync: bool) -> None:
-    sink = open_sink(parse_sink({"url": url, "name": f"b{time.monotonic_ns()}", "fsync": fsync,
-                                 "max_points_per_send": 2000}, "forward[0]"), spool_root)
+    sink = open_sink(
+        parse_sink(
+            {"url": url, "name": f"b{time.monotonic_ns()}", "fsync": fsync, "max_points_per_send": 2000},
+            "forward[0]",
+        ),
+        spool_root,
+    )
     base = int(time.time()) - 3600
     started = time.perf_counter()
     for i in range(batches):
@@ -57,8 +62,10 @@ async def run_sink(url: str, spool_root: Path, batches: int, points: int, fsync:
     while (chunk := await trio.to_thread.run_sync(sink.spool.read, 2000)) is not None:
         await sink.deliver(chunk)
     sent = time.perf_counter() - started
-    print(f"  {sink.config.kind:<13} fsync={fsync!s:<5} spool {total / spooled / 1e3:7.0f} k points/s"
-          f"   send {total / sent / 1e3:7.0f} k points/s   spooled {per_point:4.0f} B/point")
+    print(
+        f"  {sink.config.kind:<13} fsync={fsync!s:<5} spool {total / spooled / 1e3:7.0f} k points/s"
+        f"   send {total / sent / 1e3:7.0f} k points/s   spooled {per_point:4.0f} B/point"
+    )
     sink.spool.close()
 
 
@@ -70,10 +77,17 @@ def main() -> None:
     batches = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     with tempfile.TemporaryDirectory() as tmp:
         http, graphite = _free_port(), _free_port()
-        vm = subprocess.Popen([binary, f"-storageDataPath={tmp}/vm",
-                               f"-httpListenAddr=127.0.0.1:{http}",
-                               f"-graphiteListenAddr=127.0.0.1:{graphite}", "-retentionPeriod=1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        vm = subprocess.Popen(
+            [
+                binary,
+                f"-storageDataPath={tmp}/vm",
+                f"-httpListenAddr=127.0.0.1:{http}",
+                f"-graphiteListenAddr=127.0.0.1:{graphite}",
+                "-retentionPeriod=1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{http}"
         try:
             deadline = time.monotonic() + 30
@@ -87,13 +101,20 @@ def main() -> None:
                     time.sleep(0.05)
             print(f"{batches} flushes of {points} points each, into VictoriaMetrics on loopback")
             for fsync in (False, True):
-                trio.run(run_sink, f"graphite://127.0.0.1:{graphite}", Path(tmp), batches,
-                         points, fsync)
-                trio.run(run_sink, f"remote-write+http://127.0.0.1:{http}/api/v1/write",
-                         Path(tmp), batches, points, fsync)
+                trio.run(run_sink, f"graphite://127.0.0.1:{graphite}", Path(tmp), batches, points, fsync)
+                trio.run(
+                    run_sink,
+                    f"remote-write+http://127.0.0.1:{http}/api/v1/write",
+                    Path(tmp),
+                    batches,
+                    points,
+                    fsync,
+                )
             time.sleep(2)  # VictoriaMetrics counts rows as its ingesters flush
-            print(f"  VictoriaMetrics rows: graphite {_rows(url, 'graphite')}, remote write "
-                  f"{_rows(url, 'promremotewrite')} (expected {2 * points * batches} each)")
+            print(
+                f"  VictoriaMetrics rows: graphite {_rows(url, 'graphite')}, remote write "
+                f"{_rows(url, 'promremotewrite')} (expected {2 * points * batches} each)"
+            )
         finally:
             vm.terminate()
             vm.wait(60)

@@ -33,6 +33,7 @@ from ._supervisor import Supervisor
 from ._tags import BatchTagger, agent_tags, resolve_agent_tags
 from ._udp import MAX_DATAGRAM, drain_socket, open_udp_socket, run_udp_listener
 from ._unix import OriginCollector, UnixListener, run_unix_listener
+from ._workers import IngestWorkers, open_ingest_sockets, worker_count
 from .forward import ForwardCollector, ForwardHub, registry_batch
 from .storage import TSDB
 
@@ -88,6 +89,8 @@ async def run_agent(
     """Run the agent until shutdown; return the process exit status."""
     tsdb = await trio.to_thread.run_sync(TSDB.open, config.data_dir, config.storage)
     udp_sock: socket.socket | None = None
+    udp_socks: list[socket.socket] = []  # with ingest workers: one SO_REUSEPORT socket each
+    workers: IngestWorkers | None = None
     http_sock: trio.socket.SocketType | None = None
     unix: UnixListener | None = None
     forward: ForwardHub | None = None
@@ -97,10 +100,16 @@ async def run_agent(
         udp_info: UdpSocketInfo | None = None
         if config.udp is not None:
             try:
-                udp_sock, granted = open_udp_socket(config.udp, config.udp_rcvbuf)
+                if worker_count(config):
+                    udp_socks, granted = open_ingest_sockets(config.udp, config.udp_rcvbuf,
+                                                             worker_count(config))
+                else:
+                    udp_sock, granted = open_udp_socket(config.udp, config.udp_rcvbuf)
+                    udp_socks = [udp_sock]
             except OSError as exc:
                 raise _bind_error("udp", config.udp, exc) from None
-            udp_info = UdpSocketInfo(udp_sock, config.udp_rcvbuf, granted)
+            udp_sock = udp_socks[0]
+            udp_info = UdpSocketInfo(udp_sock, config.udp_rcvbuf, granted, tuple(udp_socks[1:]))
         if config.http is not None:
             http_sock = _open_http_socket(config.http)
             try:
@@ -109,8 +118,7 @@ async def run_agent(
                 raise _bind_error("http", config.http, exc) from None
             http_sock.listen(128)
         if config.unix.path is not None:
-            unix = UnixListener.open(config.unix, config.udp_rcvbuf, config.parser,
-                                     config.tagging.cardinality)
+            unix = UnixListener.open(config.unix, config.parser, config.tagging.cardinality)
 
         tagger = _agent_tagger(config)
         state = AgentState(
@@ -128,6 +136,11 @@ async def run_agent(
         supervisor = Supervisor(config.supervisor, on_escalate=lambda reason: stop.set())
         registry.register(StateCollector(state, supervisor, lambda: udp_info))
         registry.register(OriginCollector(tagger, unix))
+        if unix is not None:
+            state.collectors.append(partial(unix.collect, state))
+        if udp_socks and worker_count(config):
+            workers = IngestWorkers(state, udp_socks, config.ingest)
+            state.collectors.append(workers.collect)
         read_side = open_read_side(config, state, supervisor, registry)
         if config.forward:
             forward = await trio.to_thread.run_sync(ForwardHub.open, config.forward,
@@ -147,7 +160,11 @@ async def run_agent(
             if handle_signals:
                 outer.start_soon(_stop_on_signal, stop)
             async with trio.open_nursery() as tasks:
-                if udp_sock is not None:
+                if workers is not None:
+                    for slot in workers.slots:
+                        await tasks.start(supervisor.supervise, f"ingest_worker_{slot.index}",
+                                          partial(workers.run, slot))
+                elif udp_sock is not None:
                     await tasks.start(supervisor.supervise, "listener",
                                       partial(run_udp_listener, state, udp_sock))
                 if unix is not None:
@@ -176,7 +193,7 @@ async def run_agent(
                 await stop.wait()
                 log.info("shutting down: final flush and write")
                 tasks.cancel_scope.cancel()
-            lost = await _final_flush(state, telemetry, udp_sock, unix)
+            lost = await _final_flush(state, telemetry, udp_socks, unix)
             outer.cancel_scope.cancel()
         if supervisor.escalation:
             log.error("exiting with status %d: %s", EXIT_FAILED, supervisor.escalation)
@@ -186,8 +203,10 @@ async def run_agent(
         log.info("stopped cleanly; %d points written in total", state.writer.points_written)
         return EXIT_OK
     finally:
-        if udp_sock is not None:
-            udp_sock.close()
+        for sock in udp_socks:
+            sock.close()
+        if workers is not None:
+            workers.close()
         if http_sock is not None:
             http_sock.close()
         if unix is not None:
@@ -214,13 +233,13 @@ def _agent_tagger(config: AgentConfig) -> BatchTagger:
     return BatchTagger(tags)
 
 
-async def _final_flush(state: AgentState, telemetry: Telemetry, udp_sock: socket.socket | None,
+async def _final_flush(state: AgentState, telemetry: Telemetry, udp_socks: list[socket.socket],
                        unix: UnixListener | None = None) -> int:
     """Read what the kernel already holds, flush, and write everything; return points lost."""
     lost = 0
     with trio.CancelScope(shield=True):
-        if udp_sock is not None:
-            buffer = bytearray(MAX_DATAGRAM)
+        buffer = bytearray(MAX_DATAGRAM)
+        for udp_sock in udp_socks:  # what the ingest workers (if any) left, too
             while drain_socket(state, udp_sock, buffer):
                 pass
         if unix is not None:

@@ -99,6 +99,10 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                              "[[forward]] sinks): graphite://HOST:PORT, "
                              "remote-write+http://HOST:PORT/api/v1/write, or a StatsD relay "
                              "statsd://HOST:PORT,HOST:PORT (see docs/scale-out.md)")
+    parser.add_argument("--ingest-workers", type=int, metavar="N",
+                        help="UDP receive worker processes (SO_REUSEPORT), each parsing and "
+                             "pre-aggregating on its own core; 0 receives on the event loop "
+                             "(default 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +172,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": "log_level", "retention": "storage.retention",
         "unix": "unix", "unix_mode": "unix_mode", "origin_detection": "origin_detection",
         "tags": "tags", "tag_cardinality": "tag_cardinality", "forward": "forward",
+        "ingest_workers": "ingest.workers",
     }
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr, None) is not None}

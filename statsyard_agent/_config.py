@@ -47,6 +47,19 @@ class SupervisorConfig:
     backoff_max: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """UDP receive workers (:mod:`statsyard_agent._workers`). ``workers`` processes read their
+    own ``SO_REUSEPORT`` socket on the UDP port and pre-aggregate; 0 receives on the event loop.
+    Each worker ships its partial aggregate every ``ship_interval`` seconds (and before each
+    flush), which bounds what a killed worker can lose; one that does not answer within
+    ``ship_timeout`` seconds is killed and restarted."""
+
+    workers: int = 2
+    ship_interval: float = 1.0
+    ship_timeout: float = 10.0
+
+
 #: Socket paths longer than this do not fit ``sockaddr_un.sun_path`` (108 bytes with the NUL).
 MAX_UNIX_PATH_BYTES = 107
 
@@ -108,6 +121,7 @@ class AgentConfig:
     forward: tuple[SinkConfig, ...] = ()
     graphite: GraphiteConfig = field(default_factory=GraphiteConfig)
     prometheus: PromExportConfig = field(default_factory=PromExportConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
 # The accepted keys: top level and per section. Each maps to a converter that raises ConfigError.
@@ -139,6 +153,7 @@ _SECTIONS = {
     "limits": {"max_line_bytes", "max_name_bytes", "max_tags", "max_tag_bytes"},
     "env_tags": set(CARDINALITIES),
     "graphite": {"max_series", "max_points", "max_find_results"},
+    "ingest": {"workers", "ship_interval", "ship_timeout"},
     "prometheus": {"enabled", "observer_type", "quantiles", "buckets", "summary_max_age", "max_series",
                    "ttl", "mappings"},
 }
@@ -204,6 +219,11 @@ ttl = 0                         # seconds after which a silent series is dropped
 # labels = {{ endpoint = "$1" }}
 # action = "map"                # map | drop
 # observer_type = "histogram"   # optional, for timers
+[ingest]                        # UDP receive worker processes (SO_REUSEPORT); README "Performance"
+workers = 2                     # processes parsing and pre-aggregating UDP; 0 = on the event loop
+ship_interval = 1.0             # seconds between partial aggregates shipped (bounds a crash's loss)
+ship_timeout = 10.0             # seconds a worker may take to ship before it is killed and restarted
+
 [env_tags]                      # tag = "ENVIRONMENT_VARIABLE" (Kubernetes Downward API), per cardinality
 low = {{ kube_namespace = "POD_NAMESPACE", kube_node = "NODE_NAME" }}
 orchestrator = {{ pod_name = "POD_NAME", pod_uid = "POD_UID" }}
@@ -423,6 +443,19 @@ def _tags_config(values: Mapping[str, Any], env_section: Mapping[str, Any]) -> T
     )
 
 
+def _ingest_config(section: Mapping[str, Any]) -> IngestConfig:
+    defaults = IngestConfig()
+    workers = _int(section.get("workers", defaults.workers), "ingest.workers", minimum=0)
+    if workers > 64:
+        raise ConfigError("ingest.workers", f"at most 64 receive workers, got {workers}")
+    ship_interval = _number(section.get("ship_interval", defaults.ship_interval),
+                            "ingest.ship_interval", minimum=0.01)
+    ship_timeout = _number(section.get("ship_timeout", defaults.ship_timeout),
+                           "ingest.ship_timeout", minimum=0.1)
+    return IngestConfig(workers=workers, ship_interval=float(ship_interval),
+                        ship_timeout=float(ship_timeout))
+
+
 def build_config(values: Mapping[str, Any]) -> AgentConfig:
     """Validate a merged mapping (file values overlaid by flags) into an :class:`AgentConfig`.
 
@@ -447,9 +480,10 @@ def build_config(values: Mapping[str, Any]) -> AgentConfig:
     get = values.get
     udp = parse_address(get("udp"), "udp") if "udp" in values else defaults.udp
     http = parse_address(get("http"), "http") if "http" in values else defaults.http
-    data_dir = Path(_string(get("data_dir", str(defaults.data_dir)), "data_dir"))
-    if str(data_dir) == "":
+    raw_data_dir = _string(get("data_dir", str(defaults.data_dir)), "data_dir")
+    if not raw_data_dir.strip():  # Path("") is ".": it would silently mean the working directory
         raise ConfigError("data_dir", "must not be empty")
+    data_dir = Path(raw_data_dir)
     flush_interval = _int(get("flush_interval", defaults.flush_interval), "flush_interval",
                           minimum=1)
     log_level = _choice(get("log_level", defaults.log_level), "log_level", LOG_LEVELS)
@@ -531,6 +565,7 @@ def build_config(values: Mapping[str, Any]) -> AgentConfig:
         forward=parse_forward(get("forward", []), "forward"),
         graphite=parse_graphite_config(sections["graphite"]),
         prometheus=parse_prometheus_config(sections["prometheus"]),
+        ingest=_ingest_config(sections["ingest"]),
     )
 
 

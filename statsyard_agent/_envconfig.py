@@ -147,8 +147,9 @@ def _convert(variable: str, key: str, text: str) -> Any:
         raise ConfigError(variable, f"expected {what}, got {text!r}") from None
 
 
-def load_layered_config(config_file: Path | None, flags: Mapping[str, Any],
-                        environ: Mapping[str, str]) -> AgentConfig:
+def load_layered_config(
+    config_file: Path | None, flags: Mapping[str, Any], environ: Mapping[str, str]
+) -> AgentConfig:
     """Defaults < config file < environment < flags, validated once.
 
     ``config_file`` is ``--config``; without it, ``STATSYARD_CONFIG`` names the file. ``flags``
@@ -157,8 +158,12 @@ def load_layered_config(config_file: Path | None, flags: Mapping[str, Any],
     """
     env = read_environment(environ)
     for variable in env.ignored:
-        log.warning("ignoring %s: not a config variable (known: %s<KEY> for each config key, "
-                    "see 'statsyard-agent example-config')", variable, PREFIX)
+        log.warning(
+            "ignoring %s: not a config variable (known: %s<KEY> for each config key, "
+            "see 'statsyard-agent example-config')",
+            variable,
+            PREFIX,
+        )
     try:
         return load_config(config_file or env.config_file, {**env.values, **flags})
     except ConfigError as exc:

@@ -54,6 +54,8 @@ class UdpSocketInfo:
     sock: socket.socket
     requested_rcvbuf: int
     granted_rcvbuf: int
+    # The ingest workers' other SO_REUSEPORT sockets on the same port (drops are summed).
+    more_socks: tuple[socket.socket, ...] = ()
 
 
 class StateCollector(Collector):
@@ -98,17 +100,23 @@ class StateCollector(Collector):
 
         udp = self._udp()
         if udp is not None:
-            drops = kernel_drops(udp.sock)
-            if drops is not None:
+            counts = [kernel_drops(sock) for sock in (udp.sock, *udp.more_socks)]
+            if all(count is not None for count in counts):
                 yield counter("statsyard_udp_kernel_drops",
-                              "Datagrams the kernel dropped on our socket (receive buffer full).",
-                              drops)
+                              "Datagrams the kernel dropped on our socket(s) (receive buffer "
+                              "full).", sum(count or 0 for count in counts))
             rcvbuf = GaugeMetricFamily("statsyard_udp_rcvbuf_bytes",
                                        "SO_RCVBUF asked for and granted by the kernel.",
                                        labels=["kind"])
             rcvbuf.add_metric(["requested"], udp.requested_rcvbuf)
             rcvbuf.add_metric(["granted"], udp.granted_rcvbuf)
             yield rcvbuf
+
+        yield counter("statsyard_ingest_worker_lost_datagrams",
+                      "Datagrams an ingest worker received but had not shipped when it ended "
+                      "(killed or crashed).", ingest.worker_lost_datagrams)
+        yield counter("statsyard_ingest_worker_lost_lines",
+                      "Lines in those datagrams.", ingest.worker_lost_lines)
 
         aggregator = state.aggregator
         yield gauge("statsyard_series_active",
@@ -118,6 +126,12 @@ class StateCollector(Collector):
                                        "New series refused.", labels=["reason"])
         rejected.add_metric(["cardinality"], aggregator.rejected_series)
         yield rejected
+        # Series are counted once per interval (a bounded set); this counts every lost metric.
+        lost = CounterMetricFamily("statsyard_metrics_rejected",
+                                   "Metrics dropped because their series was refused.",
+                                   labels=["reason"])
+        lost.add_metric(["cardinality"], aggregator.rejected_metrics)
+        yield lost
         yield counter("statsyard_series_expired", "Series forgotten after the idle TTL.",
                       aggregator.expired_series)
 

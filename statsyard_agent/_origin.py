@@ -91,8 +91,15 @@ class OriginResolver:
     reused. ``clock`` is monotonic seconds.
     """
 
-    def __init__(self, cardinality: str, *, proc: Path = Path("/proc"), ttl: float = 30.0,
-                 max_entries: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cardinality: str,
+        *,
+        proc: Path = Path("/proc"),
+        ttl: float = 30.0,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cardinality = cardinality
         self._proc = proc
         self._ttl = ttl
@@ -133,8 +140,11 @@ class OriginResolver:
             self.stats.host += 1
         else:
             self.stats.container += 1
-        found = [(PROCESS_TAG, clean_tag_value(comm), "low"),
-                 (POD_UID_TAG, cgroup.pod_uid, "orchestrator"),
-                 (CONTAINER_ID_TAG, cgroup.container_id, "high")]
-        return tuple(sorted((key, value) for key, value, level in found
-                            if value and allowed(level, self._cardinality)))
+        found = [
+            (PROCESS_TAG, clean_tag_value(comm), "low"),
+            (POD_UID_TAG, cgroup.pod_uid, "orchestrator"),
+            (CONTAINER_ID_TAG, cgroup.container_id, "high"),
+        ]
+        return tuple(
+            sorted((key, value) for key, value, level in found if value and allowed(level, self._cardinality))
+        )

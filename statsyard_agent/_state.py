@@ -40,6 +40,9 @@ class IngestCounters:
     service_checks: int = 0
     parse_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     receive_errors: int = 0
+    # Received by an ingest worker process that ended before shipping them (statsyard_agent._workers).
+    worker_lost_datagrams: int = 0
+    worker_lost_lines: int = 0
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Line charts as standalone SVG, rendered on the server (no JavaScript chart library needed).
 
-:func:`render_svg` draws every series of a render request on one time axis: a polyline per run
-of non-null points, a dot per point when there are few enough to see them (each dot carries
+:func:`render_svg` draws every series of a render request on one time axis: a polyline through
+its non-null points (broken where a gap is well beyond their usual spacing), a dot per point when there are few enough to see them (each dot carries
 ``data-t`` / ``data-v`` and a ``<title>`` tooltip, so a browser test can read what is drawn),
 "nice" value ticks, UTC time ticks and a legend. Every piece of text is XML-escaped: series
 names and tags come from the network. Only presentation attributes are used (no ``style``),
@@ -31,20 +31,17 @@ _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering ``[low, high]`` (steps of 1, 2, 2.5 or 5 times a power of 10)."""
+    """Round tick values within ``[low, high]`` (steps of 1, 2, 2.5 or 5 times a power of 10);
+    just the two ends when the range is too narrow for its magnitude to step through."""
     if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
         return [low]
     raw = (high - low) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        if value >= low - step * 1e-9:
-            ticks.append(round(value, 12))
-        value += step
-    return ticks
+    first, last = math.ceil(low / step), math.floor(high / step)
+    if first * step + step == first * step or first > last:  # beyond float precision here
+        return [low, high]
+    return [round(k * step, 12) for k in range(first, last + 1)][: 4 * count]
 
 
 def time_ticks(start: int, end: int, count: int = 6) -> list[int]:
@@ -149,16 +146,16 @@ def render_svg(series_list: Sequence[Series], *, width: int, height: int, start:
         out.append(f'<g class="series" data-target="{_attr(s.name)}" data-index="{index}" '
                    f'stroke="{color}" fill="{color}">')
         stamps = s.start + np.arange(len(s.values), dtype=np.int64) * s.step
-        run: list[str] = []
-        for t, v in zip(stamps.tolist(), s.values.tolist(), strict=True):
-            if math.isfinite(v) and t0 <= t <= t1:
-                run.append(f"{x_of(t):.1f},{y_of(v):.1f}")
-                continue
-            if len(run) > 1:
-                out.append(f'<polyline fill="none" stroke-width="1.5" points="{" ".join(run)}"/>')
-            run = []
-        if len(run) > 1:
-            out.append(f'<polyline fill="none" stroke-width="1.5" points="{" ".join(run)}"/>')
+        shown = np.flatnonzero(np.isfinite(s.values) & (stamps >= t0) & (stamps <= t1))
+        # Points arrive once per flush, which may be coarser than the step: consecutive points
+        # are joined unless the gap is well beyond their usual spacing (a real outage).
+        gaps = np.diff(shown)
+        longest = 2 * float(np.median(gaps)) if gaps.size else 1.0
+        runs = np.split(shown, np.flatnonzero(gaps > max(longest, 1.0)) + 1) if shown.size else []
+        for run in runs:
+            if run.size > 1:
+                coords = " ".join(f"{x_of(int(stamps[i])):.1f},{y_of(float(s.values[i])):.1f}" for i in run)
+                out.append(f'<polyline fill="none" stroke-width="1.5" points="{coords}"/>')
         if dots:
             for t, v in zip(stamps.tolist(), s.values.tolist(), strict=True):
                 if math.isfinite(v) and t0 <= t <= t1:

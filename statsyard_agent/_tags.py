@@ -69,8 +69,7 @@ def is_kubernetes(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("KUBERNETES_SERVICE_HOST"))
 
 
-def resolve_agent_tags(config: TagsConfig, environ: Mapping[str, str],
-                       hostname: str) -> list[AgentTag]:
+def resolve_agent_tags(config: TagsConfig, environ: Mapping[str, str], hostname: str) -> list[AgentTag]:
     """Every candidate agent-wide tag, allowed or not, in precedence order (later wins a key).
 
     Order: host, then environment tags, then static tags (the most explicit). The host name of a
@@ -150,8 +149,9 @@ class BatchTagger:
             s if (s.name, s.tags) in keep else SketchPoint(s.name, mapping[s.tags], s.sketch)
             for s in batch.sketches
         )
-        return FlushBatch(batch.timestamp, batch.interval, batch.names, new_tags, batch.rollups,
-                          batch.values, sketches)
+        return FlushBatch(
+            batch.timestamp, batch.interval, batch.names, new_tags, batch.rollups, batch.values, sketches
+        )
 
     def _colliding(self, batch: FlushBatch, mapping: dict[Tags, Tags]) -> set[tuple[str, Tags]]:
         """``(name, tags)`` of the series that must keep their own tags to stay distinct."""
@@ -160,13 +160,13 @@ class BatchTagger:
             targets.setdefault(new, []).append(old)
         shared = {old for olds in targets.values() if len(olds) > 1 for old in olds}
         owners: dict[tuple[str, Tags], set[Tags]] = {}
-        pairs = [*zip(batch.names, batch.tags, strict=True),
-                 *((s.name, s.tags) for s in batch.sketches)]
+        pairs = [*zip(batch.names, batch.tags, strict=True), *((s.name, s.tags) for s in batch.sketches)]
         for name, tags in pairs:
             if tags in shared:
                 owners.setdefault((name, mapping[tags]), set()).add(tags)
-        keep = {(name, old) for (name, new), olds in owners.items() if len(olds) > 1
-                for old in olds if old != new}
+        keep = {
+            (name, old) for (name, new), olds in owners.items() if len(olds) > 1 for old in olds if old != new
+        }
         if keep:
             self.collisions += len(keep)
             if not self._warned:
@@ -175,6 +175,8 @@ class BatchTagger:
                 log.warning(
                     "series %s %s keeps its own tags: with the agent's tags it would be the same "
                     "series as one sent with them explicitly (counted in "
-                    "statsyard_agent_tag_collisions_total; logged once)", example[0], example[1],
+                    "statsyard_agent_tag_collisions_total; logged once)",
+                    example[0],
+                    example[1],
                 )
         return keep

@@ -26,11 +26,16 @@ MAX_DATAGRAM = 65535
 _DRAIN_LIMIT = 512  # datagrams per wakeup, so a flood cannot starve the flusher or HTTP
 
 
-def open_udp_socket(address: Address, rcvbuf: int) -> tuple[socket.socket, int]:
-    """Bind a non-blocking UDP socket; return it and the SO_RCVBUF the kernel granted."""
+def open_udp_socket(address: Address, rcvbuf: int, *,
+                    reuseport: bool = False) -> tuple[socket.socket, int]:
+    """Bind a non-blocking UDP socket; return it and the SO_RCVBUF the kernel granted.
+
+    ``reuseport`` sets SO_REUSEPORT first (the ingest workers' sockets share one port)."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((address.host, address.port))
         sock.setblocking(False)

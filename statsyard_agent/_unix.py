@@ -7,9 +7,16 @@ refused) and removed at shutdown if it is still ours.
 
 With ``origin_detection`` the socket has ``SO_PASSCRED`` set, so the kernel attaches each
 sender's pid to its datagram (``SCM_CREDENTIALS``; the sender does nothing). Per datagram the
-listener parses, then adds the sender's origin tags (:mod:`statsyard_agent._origin`) to each
-metric, event and service check before aggregating, the series' own tags winning. The UDP path
-is not involved and pays nothing for this.
+listener looks up the sender's origin tags (:mod:`statsyard_agent._origin`) and feeds the datagram
+to the pre-aggregator of that origin (:mod:`statsyard_agent._ingest`, the UDP path's fast path).
+Each origin's pre-aggregator learns its series through a parser that adds the origin's tags to
+every metric, event and service check (the series' own tags winning), so a known line costs what
+it costs on UDP. The pre-aggregates are merged into the aggregator before each flush. The UDP
+path is not involved and pays nothing for this.
+
+Bounds: at most :data:`MAX_ORIGINS` origins hold a pre-aggregator at once; a new one beyond
+that first merges the oldest one's data into the aggregator and drops it (it is rebuilt, with
+cold caches, if that origin sends again).
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import Metric as PromMetric
 from prometheus_client.registry import Collector
 
 from ._config import UnixConfig
 from ._exceptions import ConfigError
+from ._ingest import PreAggregator
 from ._origin import OriginResolver
-from ._protocol import Parser, ParserConfig
+from ._protocol import Parser, ParserConfig, ParseResult
 from ._state import AgentState
 from ._tags import BatchTagger, merge_tags
-from ._types import Tags
+from ._types import Event, Metric, ServiceCheck, Tags
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +50,21 @@ log = logging.getLogger(__name__)
 MAX_UNIX_DATAGRAM = 256 * 1024
 _DRAIN_LIMIT = 512  # datagrams per wakeup, so a flood cannot starve the flusher or HTTP
 _CREDENTIALS_SPACE = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
-_MEMO_LIMIT = 4096
+#: Origins (distinct origin tag sets) holding a pre-aggregator at once.
+MAX_ORIGINS = 256
+#: The kernel queues at most net.unix.max_dgram_qlen datagrams per Unix socket (10 by default):
+#: a blocking client then waits, a non-blocking one (the DogStatsD clients' default) drops.
+QLEN_SYSCTL = Path("/proc/sys/net/unix/max_dgram_qlen")
+_WANTED_QLEN = 512
 
 
 class UnixListener:
-    """The socket, its parser, the origin resolver and the counters: owned by the app."""
+    """The socket, the pre-aggregators per origin, the origin resolver and the counters: owned by
+    the app, so they outlive the listener task."""
 
-    def __init__(self, sock: socket.socket, path: Path, parser: Parser,
-                 resolver: OriginResolver | None) -> None:
+    def __init__(
+        self, sock: socket.socket, path: Path, parser: Parser, resolver: OriginResolver | None
+    ) -> None:
         self.sock = sock
         self.path = path
         self.parser = parser
@@ -60,21 +76,22 @@ class UnixListener:
         st = os.lstat(path)
         self._identity = (st.st_dev, st.st_ino)
         self._buffer = bytearray(MAX_UNIX_DATAGRAM)
-        # (series tags, origin tags) -> merged: a sender repeats the same few tag sets.
-        self._merged: dict[tuple[Tags, Tags], Tags] = {}
+        # origin tags -> that origin's pre-aggregator (insertion order: oldest first)
+        self._preaggs: dict[Tags, PreAggregator] = {}
 
     @classmethod
-    def open(cls, config: UnixConfig, rcvbuf: int, parser: ParserConfig,
-             cardinality: str) -> UnixListener:
+    def open(cls, config: UnixConfig, parser: ParserConfig, cardinality: str) -> UnixListener:
         """Bind the socket at ``config.path`` with ``config.mode``; ConfigError naming ``unix``
-        when that cannot be done (missing directory, path in use, not a socket, no permission)."""
+        when that cannot be done (missing directory, path in use, not a socket, no permission).
+
+        No SO_RCVBUF: a Unix datagram is charged to the sender's send buffer, and what bounds the
+        queue is net.unix.max_dgram_qlen, a count (checked here, with a warning when small)."""
         path = config.path
         assert path is not None
         _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         bound = False
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             if config.origin_detection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind(str(path))
@@ -82,12 +99,23 @@ class UnixListener:
             os.chmod(path, config.mode)
             sock.setblocking(False)
             resolver = OriginResolver(cardinality) if config.origin_detection else None
-            return cls(sock, path, Parser(parser), resolver)
+            listener = cls(sock, path, Parser(parser), resolver)
         except OSError as exc:
             sock.close()
             if bound:
                 _unlink_quietly(path)
             raise ConfigError("unix", f"cannot listen on {path}: {exc.strerror or exc}") from None
+        qlen = queue_limit()
+        if qlen is not None and qlen < _WANTED_QLEN:
+            log.warning(
+                "net.unix.max_dgram_qlen is %d: the kernel queues at most %d datagrams for the "
+                "Unix socket, and clients that do not block (DogStatsD clients by default) drop "
+                "the rest of a burst; raise it with 'sysctl -w net.unix.max_dgram_qlen=%d'",
+                qlen,
+                qlen,
+                _WANTED_QLEN,
+            )
+        return listener
 
     def close(self) -> None:
         """Close the socket and remove its file, unless another process has replaced it."""
@@ -127,39 +155,86 @@ class UnixListener:
         return count
 
     def handle(self, state: AgentState, data: bytes, extra: Tags) -> None:
-        """Parse one datagram, add ``extra`` (origin tags) to what it held, aggregate it."""
-        result = self.parser.parse_datagram(data)
+        """Pre-aggregate one datagram as its origin's (``extra``: the origin's tags).
+
+        With a StatsD relay configured the raw datagram goes upstream too, as UDP ones do (without
+        the origin tags: those exist only in this agent's series).
+        """
+        if state.relay is not None:
+            state.relay(data)
         self.packets += 1
         self.bytes += len(data)
-        ingest = state.ingest
-        ingest.lines += result.lines
+        preagg = self._preaggs.get(extra)
+        if preagg is None:
+            preagg = self._new_preaggregator(state, extra)
+        preagg.feed(data)
+
+    def _new_preaggregator(self, state: AgentState, extra: Tags) -> PreAggregator:
+        preaggs = self._preaggs
+        if len(preaggs) >= MAX_ORIGINS:
+            oldest = next(iter(preaggs))
+            evicted = preaggs.pop(oldest)
+            if evicted.pending:
+                state.aggregator.merge(evicted.take())
+        parser = self.parser if not extra else _OriginParser(self.parser, extra)
+        preagg = preaggs[extra] = PreAggregator(parser, state.ingest, state.config.aggregator.max_series)
+        return preagg
+
+    async def collect(self, state: AgentState) -> None:
+        """Merge every origin's pre-aggregate into the aggregator (before each flush)."""
         aggregator = state.aggregator
-        add = aggregator.add
-        if extra:
-            merged = self._merged
-            for metric in result.metrics:
-                tags = metric.tags
-                new = merged.get((tags, extra))
-                if new is None:
-                    if len(merged) >= _MEMO_LIMIT:
-                        merged.clear()
-                    new = merged[(tags, extra)] = merge_tags(tags, extra)
-                add(metric if new is tags else metric._replace(tags=new))
-        else:
-            for metric in result.metrics:
-                add(metric)
-        ingest.metrics += len(result.metrics)
-        if result.events:
-            ingest.events += len(result.events)
-            for event in result.events:
-                aggregator.add_event(event._replace(tags=merge_tags(event.tags, extra)))
-        if result.service_checks:
-            ingest.service_checks += len(result.service_checks)
-            for check in result.service_checks:
-                aggregator.add_service_check(check._replace(tags=merge_tags(check.tags, extra)))
-        if result.errors:
-            for error in result.errors:
-                ingest.parse_errors[error.reason] += 1
+        for preagg in self._preaggs.values():
+            if preagg.pending:
+                aggregator.merge(preagg.take())
+
+    @property
+    def origins(self) -> int:
+        """Origins holding a pre-aggregator now."""
+        return len(self._preaggs)
+
+
+class _OriginParser(Parser):
+    """A parser that adds an origin's tags to what it parses; the real work is the shared
+    parser's (and its caches). A pre-aggregator learns each series from ``parse_line``."""
+
+    __slots__ = ("_extra", "_inner", "_merged")
+
+    def __init__(self, inner: Parser, extra: Tags) -> None:
+        super().__init__(inner.config)
+        self._inner = inner
+        self._extra = extra
+        self._merged: dict[Tags, Tags] = {}  # a sender repeats the same few tag sets
+
+    def _with_origin(self, tags: Tags) -> Tags:
+        merged = self._merged.get(tags)
+        if merged is None:
+            if len(self._merged) >= 4096:
+                self._merged.clear()
+            merged = self._merged[tags] = merge_tags(tags, self._extra)
+        return merged
+
+    def _tagged(self, item: Metric | Event | ServiceCheck) -> Metric | Event | ServiceCheck:
+        tags = self._with_origin(item.tags)
+        return item if tags is item.tags else item._replace(tags=tags)
+
+    def parse_line(self, line: bytes) -> list[Metric | Event | ServiceCheck]:
+        return [self._tagged(item) for item in self._inner.parse_line(line)]
+
+    def parse_datagram(self, data: bytes) -> ParseResult:
+        result = self._inner.parse_datagram(data)
+        tag = self._with_origin
+        result.metrics = [m if (t := tag(m.tags)) is m.tags else m._replace(tags=t) for m in result.metrics]
+        result.events = [e._replace(tags=tag(e.tags)) for e in result.events]
+        result.service_checks = [c._replace(tags=tag(c.tags)) for c in result.service_checks]
+        return result
+
+
+def queue_limit(path: Path = QLEN_SYSCTL) -> int | None:
+    """``net.unix.max_dgram_qlen`` in this network namespace; None if it cannot be read."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _sender_pid(ancdata: list[tuple[int, int, bytes]]) -> int:
@@ -218,34 +293,48 @@ class OriginCollector(Collector):
         self._tagger = tagger
         self._unix = unix
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[PromMetric]:
         yield CounterMetricFamily(
             "statsyard_agent_tag_collisions",
             "Series flushed without the agent's tags because, with them, they would have been "
             "the same series as one that was sent with those tags explicitly.",
-            value=self._tagger.collisions)
+            value=self._tagger.collisions,
+        )
         unix = self._unix
         if unix is None:
             return
         for name, doc, value in (
             ("packets_received", "Datagrams received on the Unix socket.", unix.packets),
             ("bytes_received", "Datagram bytes received on the Unix socket.", unix.bytes),
-            ("receive_errors", "Socket errors while receiving on the Unix socket.",
-             unix.receive_errors),
+            ("receive_errors", "Socket errors while receiving on the Unix socket.", unix.receive_errors),
             ("truncated", f"Datagrams over {MAX_UNIX_DATAGRAM} bytes, dropped.", unix.truncated),
         ):
             yield CounterMetricFamily(f"statsyard_unix_{name}", doc, value=value)
+        qlen = queue_limit()
+        if qlen is not None:
+            yield GaugeMetricFamily(
+                "statsyard_unix_max_dgram_qlen",
+                "net.unix.max_dgram_qlen: datagrams the kernel queues for the "
+                "socket before senders block or drop.",
+                value=qlen,
+            )
         resolver = unix.resolver
         if resolver is None:
             return
         lookups = CounterMetricFamily(
-            "statsyard_origin_lookups", "Sender pids looked up in /proc (cache misses), by result: "
+            "statsyard_origin_lookups",
+            "Sender pids looked up in /proc (cache misses), by result: "
             "container, host (no container), unknown (pid 0 or /proc entry gone).",
-            labels=["result"])
+            labels=["result"],
+        )
         stats = resolver.stats
-        for result, value in (("container", stats.container), ("host", stats.host),
-                              ("unknown", stats.unknown)):
+        for result, value in (
+            ("container", stats.container),
+            ("host", stats.host),
+            ("unknown", stats.unknown),
+        ):
             lookups.add_metric([result], value)
         yield lookups
-        yield GaugeMetricFamily("statsyard_origin_cache_entries",
-                                "Sender pids whose origin is cached.", value=len(resolver))
+        yield GaugeMetricFamily(
+            "statsyard_origin_cache_entries", "Sender pids whose origin is cached.", value=len(resolver)
+        )

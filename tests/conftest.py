@@ -22,6 +22,16 @@ from statsyard_agent._faults import FaultInjector
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heavy variants (``@pytest.mark.long``) run only when asked for: ``pytest -m long``."""
+    if "long" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="heavy variant: run it with pytest -m long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_config(data_dir: Path, **values: Any) -> AgentConfig:
     """A test config: ephemeral ports, a 1 s raw tier, and a flush interval long enough that
     only the test's own explicit flushes happen (so per-interval stats are deterministic)."""
@@ -31,6 +41,9 @@ def make_config(data_dir: Path, **values: Any) -> AgentConfig:
         "data_dir": str(data_dir),
         "flush_interval": 3600,
         "storage": {"retention": "1s:1d,1m:7d", "fsync": False},
+        # Receive on the event loop, where ingest counters are live (tests wait on them); the
+        # worker processes have their own tests (test_workers.py) and run in the CLI tests.
+        "ingest": {"workers": 0},
     }
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

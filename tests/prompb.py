@@ -15,8 +15,9 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 
 def _build() -> dict[str, Any]:
-    file = descriptor_pb2.FileDescriptorProto(name="statsyard_test_prompb.proto",
-                                              package="prometheus", syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="statsyard_test_prompb.proto", package="prometheus", syntax="proto3"
+    )
 
     def message(name: str, fields: list[tuple[str, int, int, int, str]]) -> None:
         msg = file.message_type.add(name=name)
@@ -27,15 +28,21 @@ def _build() -> dict[str, Any]:
 
     opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
     message("Label", [("name", 1, _F.TYPE_STRING, opt, ""), ("value", 2, _F.TYPE_STRING, opt, "")])
-    message("Sample", [("value", 1, _F.TYPE_DOUBLE, opt, ""),
-                       ("timestamp", 2, _F.TYPE_INT64, opt, "")])
-    message("TimeSeries", [("labels", 1, _F.TYPE_MESSAGE, rep, ".prometheus.Label"),
-                           ("samples", 2, _F.TYPE_MESSAGE, rep, ".prometheus.Sample")])
+    message("Sample", [("value", 1, _F.TYPE_DOUBLE, opt, ""), ("timestamp", 2, _F.TYPE_INT64, opt, "")])
+    message(
+        "TimeSeries",
+        [
+            ("labels", 1, _F.TYPE_MESSAGE, rep, ".prometheus.Label"),
+            ("samples", 2, _F.TYPE_MESSAGE, rep, ".prometheus.Sample"),
+        ],
+    )
     message("WriteRequest", [("timeseries", 1, _F.TYPE_MESSAGE, rep, ".prometheus.TimeSeries")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
-            for name in ("Label", "Sample", "TimeSeries", "WriteRequest")}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
+        for name in ("Label", "Sample", "TimeSeries", "WriteRequest")
+    }
 
 
 _CLASSES = _build()
@@ -49,6 +56,10 @@ def decode(body: bytes) -> list[tuple[tuple[tuple[str, str], ...], list[tuple[fl
     """A serialized WriteRequest as ``[(labels, [(value, timestamp_ms), ...]), ...]``."""
     request = WriteRequest()
     request.ParseFromString(body)
-    return [(tuple((label.name, label.value) for label in ts.labels),
-             [(sample.value, sample.timestamp) for sample in ts.samples])
-            for ts in request.timeseries]
+    return [
+        (
+            tuple((label.name, label.value) for label in ts.labels),
+            [(sample.value, sample.timestamp) for sample in ts.samples],
+        )
+        for ts in request.timeseries
+    ]

@@ -206,11 +206,12 @@ class Ledger:
             previous = total
 
 
-def ledger(data_dir: Path, prefix: str, *, around: float | None = None) -> Ledger:
-    """Read ``PREFIX.n`` and ``PREFIX.seq`` from ``data_dir`` (the 1 s tier)."""
-    now = int(around if around is not None else time.time())
+def ledger(data_dir: Path, prefix: str, *, since: float | None = None) -> Ledger:
+    """Read ``PREFIX.n`` and ``PREFIX.seq`` from ``data_dir`` (the 1 s tier), from ``since``
+    (unix seconds; default an hour ago) to now."""
+    now = int(time.time())
     reader = Reader(data_dir)
-    start, end = now - 3600, now + 3600
+    start, end = int(since if since is not None else now - 3600) - 5, now + 60
     counts = reader.query(f"stats.counters.{prefix}.n.count", start, end, now=now)
     gauges = reader.query(f"stats.gauges.{prefix}.seq", start, end, now=now)
     if not counts:

@@ -35,7 +35,8 @@ import trio
 import yaml
 
 from statsyard_agent._cli import EXIT_USAGE, _overrides, build_parser
-from statsyard_agent._config import AgentConfig, load_config
+from statsyard_agent._config import AgentConfig
+from statsyard_agent._envconfig import PREFIX, load_layered_config, variable_names
 
 from .conftest import ROOT, RunningAgent
 
@@ -236,7 +237,20 @@ def invocation(where: str, tmp_path: Path) -> tuple[list[str], dict[str, Path]]:
     return list(agent["args"]), files
 
 
+def agent_environment(where: str) -> dict[str, str]:
+    """The plain environment values the file gives the agent (Downward-API ones excluded)."""
+    if where == "Dockerfile":
+        items = [item for args in dockerfile()[-1].all("ENV") for item in shlex.split(args)]
+        return dict(item.split("=", 1) for item in items)
+    if where == "systemd":
+        items = [i for v in unit_values(unit(), "Service", "Environment") for i in shlex.split(v)]
+        return dict(item.split("=", 1) for item in items)
+    path = {"sidecar": SIDECAR, "daemonset": DAEMONSET}[where]
+    return {e["name"]: e["value"] for e in container(path, AGENT).get("env", []) if "value" in e}
+
+
 def effective_config(where: str, tmp_path: Path) -> AgentConfig:
+    """What the agent would run with: its flags, config file and STATSYARD_* environment."""
     argv, files = invocation(where, tmp_path)
     try:
         args = build_parser().parse_args(argv)
@@ -247,7 +261,7 @@ def effective_config(where: str, tmp_path: Path) -> AgentConfig:
     if args.config is not None:
         assert str(args.config) in files, f"{where}: no known file for --config {args.config}"
         config_file = files[str(args.config)]
-    return load_config(config_file, _overrides(args))
+    return load_layered_config(config_file, _overrides(args), agent_environment(where))
 
 
 # where: (UDP bind host, HTTP bind host). Ports and the data directory are the same everywhere.
@@ -589,17 +603,54 @@ def test_grace_period_covers_pre_stop_and_final_flush(path: Path) -> None:
     assert pod_spec(path)["terminationGracePeriodSeconds"] >= delay + FLUSH_BUDGET
 
 
-@pytest.mark.parametrize("path", WORKLOADS)
-def test_downward_api_env(path: Path) -> None:
-    env = {
-        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+def downward_api_env(path: Path) -> dict[str, str]:
+    """variable -> fieldPath, for the agent's Downward-API environment variables."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
         for e in container(path, AGENT)["env"]
+        if "fieldRef" in e.get("valueFrom", {})
     }
-    assert env == {
+
+
+def env_tag_variables(where: str, tmp_path: Path) -> dict[str, str]:
+    """variable -> the tag the agent makes of it, in the effective config."""
+    return {var: tag for tag, var, _ in effective_config(where, tmp_path).tagging.env}
+
+
+@pytest.mark.parametrize("path", WORKLOADS)
+def test_environment_variables_are_all_understood(path: Path, tmp_path: Path) -> None:
+    where = "sidecar" if path == SIDECAR else "daemonset"
+    env = container(path, AGENT)["env"]
+    config_vars = [e["name"] for e in env if e["name"].startswith(PREFIX)]
+    assert set(config_vars) <= set(variable_names()), "the agent would ignore a misspelt one"
+    effective_config(where, tmp_path)  # refuses a bad value, naming the variable
+    assert all(var != "STATSYARD_CONFIG" for var in config_vars), "use --config, next to its mount"
+    # every Downward-API variable is one the agent turns into a tag
+    assert set(downward_api_env(path)) <= set(env_tag_variables(where, tmp_path))
+
+
+def test_sidecar_downward_api_env_describes_the_pod(tmp_path: Path) -> None:
+    assert downward_api_env(SIDECAR) == {
         "POD_NAME": "metadata.name",
         "POD_NAMESPACE": "metadata.namespace",
         "NODE_NAME": "spec.nodeName",
+        "POD_UID": "metadata.uid",
     }
+    tagging = effective_config("sidecar", tmp_path).tagging
+    levels = {var: level for _, var, level in tagging.env}
+    # pod names are a cardinality trap: never added by default
+    assert tagging.cardinality == "low"
+    assert levels["POD_NAME"] == levels["POD_UID"] == "orchestrator"
+    assert ("service", "example-app") in tagging.static
+
+
+def test_daemonset_reads_no_pod_identity_from_its_own_environment(tmp_path: Path) -> None:
+    # The agent's own pod name/namespace/uid would be wrong on every series from other pods.
+    node_level = {"spec.nodeName", "status.hostIP"}
+    env = downward_api_env(DAEMONSET)
+    assert env == {"NODE_NAME": "spec.nodeName"}
+    read_as_tags = env_tag_variables("daemonset", tmp_path)
+    assert all(field in node_level for var, field in env.items() if var in read_as_tags)
 
 
 # --- Kubernetes: sidecar ------------------------------------------------------------------------
@@ -735,3 +786,111 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     # Unknown or misspelt directives are only warnings (exit 0), so stderr must be empty too.
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+# --- Unix socket ---------------------------------------------------------------------------------
+
+SOCKET_DIR = "/var/run/statsyard"
+
+
+def unix_path(where: str, tmp_path: Path) -> Path:
+    path = effective_config(where, tmp_path).unix.path
+    assert path is not None, f"{where}: no --unix socket"
+    return path
+
+
+@pytest.mark.parametrize("path", WORKLOADS)
+def test_unix_socket_lives_in_a_writable_volume(path: Path, tmp_path: Path) -> None:
+    where = "sidecar" if path == SIDECAR else "daemonset"
+    sock = unix_path(where, tmp_path)
+    assert str(sock.parent) == SOCKET_DIR
+    mount = mounts(container(path, AGENT))[SOCKET_DIR]
+    assert not mount.get("readOnly", False)
+    vol = volume(path, mount["name"])
+    if path == SIDECAR:
+        assert "emptyDir" in vol
+    else:
+        assert vol["hostPath"]["path"] == SOCKET_DIR
+
+
+def test_sidecar_app_reaches_and_may_write_the_socket(tmp_path: Path) -> None:
+    config = effective_config("sidecar", tmp_path)
+    sock = unix_path("sidecar", tmp_path)
+    (app,) = [c for c in pod_spec(SIDECAR)["containers"] if c["name"] != AGENT]
+    assert mounts(app)[SOCKET_DIR]["name"] == mounts(container(SIDECAR, AGENT))[SOCKET_DIR]["name"]
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    assert env["DD_DOGSTATSD_URL"] == f"unix://{sock}"
+    # The socket belongs to the agent's group (mode 0660); fsGroup puts the app in that group.
+    agent_gid = container(SIDECAR, AGENT)["securityContext"]["runAsGroup"]
+    assert pod_spec(SIDECAR)["securityContext"]["fsGroup"] == agent_gid
+    assert config.unix.mode & 0o060 == 0o060
+
+
+@pytest.mark.parametrize(("path", "setting"), [pytest.param(SIDECAR, "shareProcessNamespace",
+                                                            id="sidecar"),
+                                               pytest.param(DAEMONSET, "hostPID", id="daemonset")])
+def test_origin_detection_can_see_the_senders_pids(path: Path, setting: str, tmp_path: Path) -> None:
+    where = "sidecar" if path == SIDECAR else "daemonset"
+    if effective_config(where, tmp_path).unix.origin_detection:
+        # otherwise the kernel reports pid 0 for every sender in another pid namespace
+        assert pod_spec(path).get(setting) is True
+
+
+def test_daemonset_socket_dir_is_handed_to_the_agent_and_open_to_apps(tmp_path: Path) -> None:
+    config = effective_config("daemonset", tmp_path)
+    assert config.unix.mode & 0o006 == 0o006  # apps in other pods run as any uid
+    (init,) = pod_spec(DAEMONSET)["initContainers"]
+    uid = container(DAEMONSET, AGENT)["securityContext"]["runAsUser"]
+    script = " ".join(init["command"])
+    assert re.search(rf"chown {uid}:{uid} [^&]*{SOCKET_DIR}", script)
+    assert re.search(rf"chmod 0755 {SOCKET_DIR}", script)
+    assert mounts(init)[SOCKET_DIR]["name"] == mounts(container(DAEMONSET, AGENT))[SOCKET_DIR]["name"]
+
+
+def test_dockerfile_prepares_the_socket_dir_for_the_agent() -> None:
+    final = dockerfile()[-1]
+    uid, _, gid = final.one("USER").partition(":")
+    owners = re.findall(r"chown (\d+):(\d+) (\S+)", " ".join(final.all("RUN")))
+    assert (uid, gid, SOCKET_DIR) in owners
+
+
+def test_systemd_socket_is_in_the_runtime_directory(tmp_path: Path) -> None:
+    config = effective_config("systemd", tmp_path)
+    sock = unix_path("systemd", tmp_path)
+    (runtime,) = unit_values(unit(), "Service", "RuntimeDirectory")
+    assert sock.parent == Path(f"/run/{runtime}")
+    assert unit_values(unit(), "Service", "RuntimeDirectoryMode") == ["0755"]
+    # DynamicUser: no local app shares the agent's group, so the socket must be open to all
+    assert config.unix.mode & 0o006 == 0o006
+    if config.unix.origin_detection:
+        # invisible/noaccess/ptraceable hide the senders' /proc entries from the agent
+        assert unit_values(unit(), "Service", "ProtectProc") in ([], ["default"])
+
+
+# --- README: "Run as a sidecar" -----------------------------------------------------------------
+
+
+def _is_part_of(excerpt: Any, full: Any, where: str) -> None:
+    if isinstance(excerpt, dict):
+        assert isinstance(full, dict), where
+        for key, value in excerpt.items():
+            assert key in full, f"{where}.{key} is not in {SIDECAR.name}"
+            _is_part_of(value, full[key], f"{where}.{key}")
+    elif isinstance(excerpt, list) and excerpt and all(
+        isinstance(item, dict) and "name" in item for item in excerpt
+    ):
+        by_name = {item["name"]: item for item in full}
+        for item in excerpt:
+            assert item["name"] in by_name, f"{where}: no {item['name']!r} in {SIDECAR.name}"
+            _is_part_of(item, by_name[item["name"]], f"{where}[{item['name']}]")
+    else:
+        assert excerpt == full, f"{where}: README shows {excerpt!r}, {SIDECAR.name} has {full!r}"
+
+
+def test_readme_sidecar_excerpt_is_taken_from_the_manifest() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Run as a sidecar\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    excerpt = yaml.safe_load(block)
+    _is_part_of(excerpt, pod_spec(SIDECAR), "spec.template.spec")
+    assert {c["name"] for c in excerpt["containers"]} == {"app", AGENT}

@@ -34,22 +34,35 @@ def test_every_config_key_has_exactly_one_variable() -> None:
         ({"STATSYARD_IDLE_TTL": "2.5"}, lambda c: c.aggregator.idle_ttl == 2.5),
         ({"STATSYARD_SANITIZE_NAMES": "No"}, lambda c: c.parser.sanitize_names is False),
         ({"STATSYARD_STORAGE_FSYNC": "off"}, lambda c: c.storage.fsync is False),
-        ({"STATSYARD_STORAGE_RETENTION": "1s:1h,1m:1d"},
-         lambda c: [t.step for t in c.storage.retention] == [1, 60]),
+        (
+            {"STATSYARD_STORAGE_RETENTION": "1s:1h,1m:1d"},
+            lambda c: [t.step for t in c.storage.retention] == [1, 60],
+        ),
         ({"STATSYARD_SUPERVISOR_MAX_RESTARTS": " 9 "}, lambda c: c.supervisor.max_restarts == 9),
         ({"STATSYARD_LIMITS_MAX_TAGS": "7"}, lambda c: c.parser.max_tags == 7),
-        ({"STATSYARD_TAGS": "env:prod, team:core,canary"},
-         lambda c: c.tagging.static == (("canary", ""), ("env", "prod"), ("team", "core"))),
+        (
+            {"STATSYARD_TAGS": "env:prod, team:core,canary"},
+            lambda c: c.tagging.static == (("canary", ""), ("env", "prod"), ("team", "core")),
+        ),
         ({"STATSYARD_TAG_CARDINALITY": "high"}, lambda c: c.tagging.cardinality == "high"),
-        ({"STATSYARD_ENV_TAGS_LOW": "ns=POD_NAMESPACE,node=NODE_NAME"},
-         lambda c: [e for e in c.tagging.env if e[2] == "low"]
-         == [("ns", "POD_NAMESPACE", "low"), ("node", "NODE_NAME", "low")]),
-        ({"STATSYARD_ENV_TAGS_ORCHESTRATOR": ""},
-         lambda c: all(e[2] == "low" for e in c.tagging.env)),
-        ({"STATSYARD_UNIX": "/run/s.sock", "STATSYARD_UNIX_MODE": "0600",
-          "STATSYARD_ORIGIN_DETECTION": "false"},
-         lambda c: (str(c.unix.path), c.unix.mode, c.unix.origin_detection)
-         == ("/run/s.sock", 0o600, False)),
+        (
+            {"STATSYARD_ENV_TAGS_LOW": "ns=POD_NAMESPACE,node=NODE_NAME"},
+            lambda c: (
+                [e for e in c.tagging.env if e[2] == "low"]
+                == [("ns", "POD_NAMESPACE", "low"), ("node", "NODE_NAME", "low")]
+            ),
+        ),
+        ({"STATSYARD_ENV_TAGS_ORCHESTRATOR": ""}, lambda c: all(e[2] == "low" for e in c.tagging.env)),
+        (
+            {
+                "STATSYARD_UNIX": "/run/s.sock",
+                "STATSYARD_UNIX_MODE": "0600",
+                "STATSYARD_ORIGIN_DETECTION": "false",
+            },
+            lambda c: (
+                (str(c.unix.path), c.unix.mode, c.unix.origin_detection) == ("/run/s.sock", 0o600, False)
+            ),
+        ),
     ],
 )
 def test_variables_set_their_keys(environ: dict[str, str], check: Any) -> None:
@@ -87,10 +100,15 @@ def test_bad_values_are_refused_naming_the_variable(
 
 def test_precedence_flags_over_environment_over_file_over_defaults(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text('flush_interval = 2\nprefix = "file"\nmax_series = 50\n'
-                    '[storage]\nretention = "1s:1h"\nfsync = false\n')
-    environ = {"STATSYARD_FLUSH_INTERVAL": "3", "STATSYARD_PREFIX": "env",
-               "STATSYARD_STORAGE_RETENTION": "2s:1h"}
+    path.write_text(
+        'flush_interval = 2\nprefix = "file"\nmax_series = 50\n'
+        '[storage]\nretention = "1s:1h"\nfsync = false\n'
+    )
+    environ = {
+        "STATSYARD_FLUSH_INTERVAL": "3",
+        "STATSYARD_PREFIX": "env",
+        "STATSYARD_STORAGE_RETENTION": "2s:1h",
+    }
     flags = {"flush_interval": 4}
     config = load_layered_config(path, flags, environ)
     assert config.flush_interval == 4  # flag
@@ -140,8 +158,14 @@ def test_unknown_variables_are_ignored_and_typos_logged(caplog: pytest.LogCaptur
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "statsyard_agent", *args], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "statsyard_agent", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_command_refuses_a_bad_variable_by_name(tmp_path: Path) -> None:

@@ -19,15 +19,34 @@ from statsyard_agent.forward import parse_forward
         ("graphite://127.0.0.1:2003", "graphite", [("127.0.0.1", 2003)], "", "graphite-127.0.0.1-2003"),
         ("graphite://carbon", "graphite", [("carbon", 2003)], "", "graphite-carbon-2003"),
         ("graphite://[::1]:2004/", "graphite", [("::1", 2004)], "", "graphite-__1-2004"),
-        ("remote-write+http://vm:8428/api/v1/write", "remote_write", [("vm", 8428)],
-         "/api/v1/write", "remote-write-vm-8428"),
-        ("remote-write+http://vminsert:8480/insert/42/prometheus/api/v1/write?extra_label=a=b",
-         "remote_write", [("vminsert", 8480)],
-         "/insert/42/prometheus/api/v1/write?extra_label=a=b", "remote-write-vminsert-8480"),
-        ("REMOTE-WRITE+HTTP://mimir", "remote_write", [("mimir", 80)], "/api/v1/write",
-         "remote-write-mimir-80"),
-        ("statsd://10.0.0.1:8125,10.0.0.2", "statsd", [("10.0.0.1", 8125), ("10.0.0.2", 8125)], "",
-         "statsd-10.0.0.1-8125"),
+        (
+            "remote-write+http://vm:8428/api/v1/write",
+            "remote_write",
+            [("vm", 8428)],
+            "/api/v1/write",
+            "remote-write-vm-8428",
+        ),
+        (
+            "remote-write+http://vminsert:8480/insert/42/prometheus/api/v1/write?extra_label=a=b",
+            "remote_write",
+            [("vminsert", 8480)],
+            "/insert/42/prometheus/api/v1/write?extra_label=a=b",
+            "remote-write-vminsert-8480",
+        ),
+        (
+            "REMOTE-WRITE+HTTP://mimir",
+            "remote_write",
+            [("mimir", 80)],
+            "/api/v1/write",
+            "remote-write-mimir-80",
+        ),
+        (
+            "statsd://10.0.0.1:8125,10.0.0.2",
+            "statsd",
+            [("10.0.0.1", 8125), ("10.0.0.2", 8125)],
+            "",
+            "statsd-10.0.0.1-8125",
+        ),
     ],
 )
 def test_urls(url: str, kind: str, endpoints: list[tuple[str, int]], path: str, name: str) -> None:
@@ -63,8 +82,7 @@ def test_urls(url: str, kind: str, endpoints: list[tuple[str, int]], path: str, 
         ([{"url": "graphite://x", "tags": {"a": "b"}}], "forward[0].tags"),
         ([{"url": "graphite://x", "tags": ["a b"]}], "forward[0].tags"),
         ([{"url": "graphite://x", "headers": {"A": "b"}}], "forward[0].headers"),
-        ([{"url": "remote-write+http://x", "headers": {"Bad Name": "b"}}],
-         "forward[0].headers.Bad Name"),
+        ([{"url": "remote-write+http://x", "headers": {"Bad Name": "b"}}], "forward[0].headers.Bad Name"),
         ([{"url": "remote-write+http://x", "headers": {"A": 1}}], "forward[0].headers.A"),
         ([{"url": "statsd://x", "spool_max_bytes": 1 << 20}], "forward[0].spool_max_bytes"),
         ([{"url": "statsd://x", "self_metrics": True}], "forward[0].self_metrics"),
@@ -81,19 +99,43 @@ def test_bad_values_name_the_key(value: object, key: str) -> None:
 
 
 def test_a_table_sets_every_option() -> None:
-    (sink,) = build_config({"forward": [{
-        "url": "remote-write+http://127.0.0.1:8428/api/v1/write", "name": "vm",
-        "tags": ["instance:web-01", "canary"], "self_metrics": True, "spool_max_bytes": 1 << 20,
-        "fsync": False, "max_points_per_send": 500, "timeout": 2.5, "backoff_initial": 0.1,
-        "backoff_max": 3, "max_lag": 0, "shutdown_grace": 1, "headers": {"X-Scope-OrgID": "t1"},
-    }]}).forward
+    (sink,) = build_config(
+        {
+            "forward": [
+                {
+                    "url": "remote-write+http://127.0.0.1:8428/api/v1/write",
+                    "name": "vm",
+                    "tags": ["instance:web-01", "canary"],
+                    "self_metrics": True,
+                    "spool_max_bytes": 1 << 20,
+                    "fsync": False,
+                    "max_points_per_send": 500,
+                    "timeout": 2.5,
+                    "backoff_initial": 0.1,
+                    "backoff_max": 3,
+                    "max_lag": 0,
+                    "shutdown_grace": 1,
+                    "headers": {"X-Scope-OrgID": "t1"},
+                }
+            ]
+        }
+    ).forward
     assert sink.name == "vm"
     assert sink.tags == (("canary", "true"), ("instance", "web-01"))
     assert sink.headers == (("X-Scope-OrgID", "t1"),)
     assert (sink.self_metrics, sink.spool_max_bytes, sink.fsync, sink.max_points_per_send) == (
-        True, 1 << 20, False, 500)
-    assert (sink.timeout, sink.backoff_initial, sink.backoff_max, sink.max_lag,
-            sink.shutdown_grace) == (2.5, 0.1, 3.0, 0.0, 1.0)
+        True,
+        1 << 20,
+        False,
+        500,
+    )
+    assert (sink.timeout, sink.backoff_initial, sink.backoff_max, sink.max_lag, sink.shutdown_grace) == (
+        2.5,
+        0.1,
+        3.0,
+        0.0,
+        1.0,
+    )
 
 
 def test_no_sinks_by_default() -> None:
@@ -103,11 +145,15 @@ def test_no_sinks_by_default() -> None:
 def test_flags_add_sinks_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[[forward]]\nurl = "graphite://a:2003"\nname = "file"\nmax_lag = 60\n')
-    args = build_parser().parse_args(["--forward", "statsd://b:8125,c:8125",
-                                      "--forward", "remote-write+http://d:8428/api/v1/write"])
+    args = build_parser().parse_args(
+        ["--forward", "statsd://b:8125,c:8125", "--forward", "remote-write+http://d:8428/api/v1/write"]
+    )
     sinks = load_config(path, _overrides(args)).forward
     assert [(s.name, s.kind) for s in sinks] == [
-        ("file", "graphite"), ("statsd-b-8125", "statsd"), ("remote-write-d-8428", "remote_write")]
+        ("file", "graphite"),
+        ("statsd-b-8125", "statsd"),
+        ("remote-write-d-8428", "remote_write"),
+    ]
     assert sinks[0].max_lag == 60
 
 
@@ -117,9 +163,14 @@ def test_run_subcommand_takes_the_flag_too() -> None:
 
 
 def test_environment_variable_holds_urls_separated_by_spaces(tmp_path: Path) -> None:
-    config = load_layered_config(None, {}, {
-        "STATSYARD_FORWARD": "graphite://a:2003 remote-write+http://b:8428/api/v1/write",
-        "STATSYARD_DATA_DIR": str(tmp_path)})
+    config = load_layered_config(
+        None,
+        {},
+        {
+            "STATSYARD_FORWARD": "graphite://a:2003 remote-write+http://b:8428/api/v1/write",
+            "STATSYARD_DATA_DIR": str(tmp_path),
+        },
+    )
     assert [s.kind for s in config.forward] == ["graphite", "remote_write"]
 
 

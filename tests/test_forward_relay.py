@@ -37,23 +37,50 @@ HASHRING_3_2_0 = {
     ),
 }
 HASHRING_WORDS = {
-    ("127.0.0.1:8125", "127.0.0.1:8126"): ["127.0.0.1:8125", "127.0.0.1:8125", "127.0.0.1:8126",
-                                           "127.0.0.1:8125", "127.0.0.1:8125", "127.0.0.1:8126",
-                                           "127.0.0.1:8126", "127.0.0.1:8126", "127.0.0.1:8126",
-                                           "127.0.0.1:8126"],
-    ("a:1", "b:2", "c:3", "d:4", "e:5"): ["e:5", "e:5", "a:1", "a:1", "a:1", "e:5", "a:1", "e:5",
-                                          "b:2", "a:1"],
+    ("127.0.0.1:8125", "127.0.0.1:8126"): [
+        "127.0.0.1:8125",
+        "127.0.0.1:8125",
+        "127.0.0.1:8126",
+        "127.0.0.1:8125",
+        "127.0.0.1:8125",
+        "127.0.0.1:8126",
+        "127.0.0.1:8126",
+        "127.0.0.1:8126",
+        "127.0.0.1:8126",
+        "127.0.0.1:8126",
+    ],
+    ("a:1", "b:2", "c:3", "d:4", "e:5"): [
+        "e:5",
+        "e:5",
+        "a:1",
+        "a:1",
+        "a:1",
+        "e:5",
+        "a:1",
+        "e:5",
+        "b:2",
+        "a:1",
+    ],
 }
-WORDS = ["api.requests", "stats.timers.x", "foo", "bar.baz", "_sc", "_e{5,4}", "web.latency", "a",
-         "z.z.z", "checkout.total"]
+WORDS = [
+    "api.requests",
+    "stats.timers.x",
+    "foo",
+    "bar.baz",
+    "_sc",
+    "_e{5,4}",
+    "web.latency",
+    "a",
+    "z.z.z",
+    "checkout.total",
+]
 
 
 @pytest.mark.parametrize("nodes", list(HASHRING_3_2_0))
 def test_ring_matches_hashring_npm(nodes: tuple[str, ...]) -> None:
     ring = HashRing(nodes)
     expected = HASHRING_3_2_0[nodes]
-    owners = "".join(str(ring.index_for(f"stats.metric{i}.count".encode()))
-                     for i in range(len(expected)))
+    owners = "".join(str(ring.index_for(f"stats.metric{i}.count".encode())) for i in range(len(expected)))
     assert owners == expected
 
 
@@ -74,14 +101,17 @@ def test_adding_a_node_moves_only_keys_to_it() -> None:
     assert min(shares.values()) > len(keys) / 4 * 0.6
 
 
-@pytest.mark.parametrize(("line", "key"), [
-    (b"api.requests:1|c", b"api.requests"),
-    (b"api.requests:1|c|@0.1|#env:prod", b"api.requests"),
-    (b"gauge:+3|g", b"gauge"),
-    (b"_sc|db.ok|0|#env:prod", b"_sc"),
-    (b"_e{5,4}:title|text", b"_e{5,4}"),
-    (b"no-colon", b"no-colon"),
-])
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        (b"api.requests:1|c", b"api.requests"),
+        (b"api.requests:1|c|@0.1|#env:prod", b"api.requests"),
+        (b"gauge:+3|g", b"gauge"),
+        (b"_sc|db.ok|0|#env:prod", b"_sc"),
+        (b"_e{5,4}:title|text", b"_e{5,4}"),
+        (b"no-colon", b"no-colon"),
+    ],
+)
 def test_metric_key(line: bytes, key: bytes) -> None:
     assert metric_key(line) == key
 
@@ -109,6 +139,7 @@ def relays() -> Iterator[list[StatsdRelay]]:
 
 def _relay(made: list[StatsdRelay], entry: object) -> StatsdRelay:
     relay = StatsdRelay(parse_sink(entry, "forward[0]"))
+    relay.connect(relay.resolve())
     made.append(relay)
     return relay
 
@@ -127,12 +158,13 @@ def _receive_all(sock: socket.socket) -> list[bytes]:
         return datagrams
 
 
-def test_each_name_goes_to_its_owner_packed(receivers: list[socket.socket],
-                                            relays: list[StatsdRelay]) -> None:
+def test_each_name_goes_to_its_owner_packed(
+    receivers: list[socket.socket], relays: list[StatsdRelay]
+) -> None:
     relay = _relay(relays, {"url": _url(receivers), "max_datagram": 200})
     lines = [f"svc{i % 40}.hits:{i}|c|#env:prod".encode() for i in range(400)]
     for start in range(0, len(lines), 7):
-        relay.relay(b"\n".join(lines[start:start + 7]) + b"\n")
+        relay.relay(b"\n".join(lines[start : start + 7]) + b"\n")
     relay.flush()
     got: dict[int, list[bytes]] = {}
     for index, sock in enumerate(receivers):
@@ -142,13 +174,14 @@ def test_each_name_goes_to_its_owner_packed(receivers: list[socket.socket],
     assert sorted(line for received in got.values() for line in received) == sorted(lines)
     for index, received in got.items():
         assert all(relay.ring.index_for(metric_key(line)) == index for line in received)
-    assert len(got[0]) and len(got[1]) and len(got[2])
+    assert len(got[0])
+    assert len(got[1])
+    assert len(got[2])
     assert relay.counters.sent_points == 400
     assert relay.buffered_bytes == 0
 
 
-def test_order_within_a_name_is_kept(receivers: list[socket.socket],
-                                     relays: list[StatsdRelay]) -> None:
+def test_order_within_a_name_is_kept(receivers: list[socket.socket], relays: list[StatsdRelay]) -> None:
     relay = _relay(relays, {"url": _url(receivers[:1]), "max_datagram": 100})
     for i in range(50):
         relay.relay(f"g:{i}|g".encode())
@@ -157,8 +190,9 @@ def test_order_within_a_name_is_kept(receivers: list[socket.socket],
     assert received == [f"g:{i}|g".encode() for i in range(50)]
 
 
-def test_a_dead_upstream_is_counted_not_raised(receivers: list[socket.socket],
-                                               relays: list[StatsdRelay]) -> None:
+def test_a_dead_upstream_is_counted_not_raised(
+    receivers: list[socket.socket], relays: list[StatsdRelay]
+) -> None:
     port = receivers[0].getsockname()[1]
     receivers[0].close()  # nothing listens there now: the kernel answers "port unreachable"
     relay = _relay(relays, f"statsd://127.0.0.1:{port}")
@@ -172,22 +206,34 @@ def test_a_dead_upstream_is_counted_not_raised(receivers: list[socket.socket],
 
 
 async def test_agent_relays_raw_lines_and_still_aggregates(
-        nursery: trio.Nursery, tmp_path: Path, receivers: list[socket.socket]) -> None:
-    agent = await start_agent(nursery, make_config(tmp_path / "data",
-                                                   forward=[{"url": _url(receivers),
-                                                             "name": "tier2"}]))
+    nursery: trio.Nursery, tmp_path: Path, receivers: list[socket.socket]
+) -> None:
+    agent = await start_agent(
+        nursery, make_config(tmp_path / "data", forward=[{"url": _url(receivers), "name": "tier2"}])
+    )
     lines = [f"app.req{i % 10}:1|c|#route:/x" for i in range(100)] + ["app.lat:12|ms"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for line in lines:
             client.sendto(line.encode(), ("127.0.0.1", agent.udp_port))
     await agent.wait_lines(len(lines))
     relay = agent.handle.state.forward.relays[0]  # type: ignore[union-attr]
-    await wait_for(lambda: relay.counters.sent_points == len(lines), 10,
-                   lambda: f"sent {relay.counters.sent_points}")
+    await wait_for(
+        lambda: relay.counters.sent_points == len(lines), 10, lambda: f"sent {relay.counters.sent_points}"
+    )
     received = await trio.to_thread.run_sync(
-        lambda: [line.decode() for sock in receivers for d in _receive_all(sock)
-                 for line in d.split(b"\n")])
+        lambda: [line.decode() for sock in receivers for d in _receive_all(sock) for line in d.split(b"\n")]
+    )
     assert sorted(received) == sorted(lines)
     await agent.handle.flush()
     assert agent.handle.state.writer.points_written > 0  # the local store still gets them
     assert await agent.stop() == 0
+
+
+def test_an_unresolved_upstream_drops_and_counts() -> None:
+    relay = StatsdRelay(parse_sink("statsd://aggregator.example:8125", "forward[0]"))
+    relay.connect([None])  # the name did not resolve (yet): nothing to send to
+    relay.relay(b"a:1|c\nb:2|c")
+    relay.flush()
+    assert relay.counters.dropped_points["send_error"] == 2
+    assert "not resolved" in relay.counters.last_error
+    relay.close()

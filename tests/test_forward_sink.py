@@ -34,8 +34,14 @@ from tests.test_agent_faults import http_get_async
 
 
 def batch(n: int, timestamp: int = 1_700_000_000, prefix: str = "s") -> FlushBatch:
-    return FlushBatch(timestamp, 10.0, tuple(f"{prefix}{i}" for i in range(n)), ((),) * n,
-                      (Rollup.SUM,) * n, np.arange(n, dtype=np.float64))
+    return FlushBatch(
+        timestamp,
+        10.0,
+        tuple(f"{prefix}{i}" for i in range(n)),
+        ((),) * n,
+        (Rollup.SUM,) * n,
+        np.arange(n, dtype=np.float64),
+    )
 
 
 class FakeTransport:
@@ -43,8 +49,7 @@ class FakeTransport:
 
     description = "fake"
 
-    def __init__(self, script: list[Exception | None] | None = None,
-                 delay: float = 0.0) -> None:
+    def __init__(self, script: list[Exception | None] | None = None, delay: float = 0.0) -> None:
         self.script = list(script or [])
         self.delay = delay
         self.received: list[bytes] = []
@@ -61,21 +66,39 @@ class FakeTransport:
 
 
 def make_sink(tmp_path: Path, transport: FakeTransport, **options: object) -> BatchSink:
-    config = parse_sink({"url": "graphite://127.0.0.1:1", "name": "t", "fsync": False,
-                         "backoff_initial": 0.5, "backoff_max": 4, **options}, "forward[0]")
+    config = parse_sink(
+        {
+            "url": "graphite://127.0.0.1:1",
+            "name": "t",
+            "fsync": False,
+            "backoff_initial": 0.5,
+            "backoff_max": 4,
+            **options,
+        },
+        "forward[0]",
+    )
     spool = Spool(tmp_path / "spool", max_bytes=config.spool_max_bytes, fsync=False)
-    return BatchSink(config, spool, GraphiteEncoder(max_points=config.max_points_per_send),
-                     transport, clock=lambda: 1_700_000_100.0, rng=lambda: 1.0)
+    return BatchSink(
+        config,
+        spool,
+        GraphiteEncoder(max_points=config.max_points_per_send),
+        transport,
+        clock=lambda: 1_700_000_100.0,
+        rng=lambda: 1.0,
+    )
 
 
 def lines(payloads: list[bytes]) -> list[str]:
     return [line for p in payloads for line in p.decode().splitlines()]
 
 
-@pytest.mark.parametrize(("rng", "delays"), [
-    (1.0, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]),
-    (0.0, [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]),
-])
+@pytest.mark.parametrize(
+    ("rng", "delays"),
+    [
+        (1.0, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]),
+        (0.0, [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]),
+    ],
+)
 def test_backoff_doubles_up_to_the_cap(rng: float, delays: list[float]) -> None:
     backoff = Backoff(0.5, 4.0, rng=lambda: rng)
     assert [backoff.next() for _ in delays] == delays
@@ -84,13 +107,14 @@ def test_backoff_doubles_up_to_the_cap(rng: float, delays: list[float]) -> None:
 
 
 def retry_delays(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records
-            if "retrying in" in r.getMessage()]
+    return [
+        r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records if "retrying in" in r.getMessage()
+    ]
 
 
 async def test_retries_with_backoff_until_confirmed(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     transport = FakeTransport([SendError("down"), SendError("down"), SendError("down")])
     sink = make_sink(tmp_path, transport)
     sink.spool_batch(1, batch(3))
@@ -104,16 +128,14 @@ async def test_retries_with_backoff_until_confirmed(
     assert transport.attempts == 4
     assert lines(transport.received) == [f"s{i} {i} 1700000000" for i in range(3)]
     counters = sink.counters
-    assert (counters.retried_points, counters.send_failures, counters.consecutive_failures) == (
-        9, 3, 0)
+    assert (counters.retried_points, counters.send_failures, counters.consecutive_failures) == (9, 3, 0)
     assert sink.spool.pending_points == 0
 
 
 async def test_retry_after_is_honoured_up_to_the_cap(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock,
-        caplog: pytest.LogCaptureFixture) -> None:
-    transport = FakeTransport([SendError("429", retry_after=3.0),
-                               SendError("429", retry_after=100.0)])
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = FakeTransport([SendError("429", retry_after=3.0), SendError("429", retry_after=100.0)])
     sink = make_sink(tmp_path, transport)
     sink.spool_batch(1, batch(1))
     start = trio.current_time()
@@ -126,7 +148,8 @@ async def test_retry_after_is_honoured_up_to_the_cap(
 
 
 async def test_rejected_points_are_dropped_and_the_spool_moves_on(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     transport = FakeTransport([RejectedError("HTTP 400: bad labels")])
     sink = make_sink(tmp_path, transport, max_points_per_send=2)
     sink.spool_batch(1, batch(4))
@@ -141,7 +164,8 @@ async def test_rejected_points_are_dropped_and_the_spool_moves_on(
 
 
 async def test_a_send_in_progress_finishes_before_shutdown(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     transport = FakeTransport(delay=2.0)
     sink = make_sink(tmp_path, transport)
     sink.spool_batch(1, batch(2))
@@ -193,16 +217,17 @@ async def test_drain_sends_what_it_can_then_gives_up(tmp_path: Path) -> None:
 
 async def test_lag_and_health(tmp_path: Path) -> None:
     sink = make_sink(tmp_path, FakeTransport(), max_lag=60)
-    assert sink.lag_seconds() == 0 and sink.problems() == []
+    assert sink.lag_seconds() == 0
+    assert sink.problems() == []
     sink.spool_batch(1, batch(1, timestamp=1_700_000_000))  # the clock says 1_700_000_100
     assert sink.lag_seconds() == 100
     (problem,) = sink.problems()
-    assert "100 s behind" in problem and "max_lag 60" in problem
+    assert "100 s behind" in problem
+    assert "max_lag 60" in problem
     assert sink.health()["pending_points"] == 1
 
 
-async def test_hub_spools_for_every_sink_and_self_metrics_only_where_asked(
-        tmp_path: Path) -> None:
+async def test_hub_spools_for_every_sink_and_self_metrics_only_where_asked(tmp_path: Path) -> None:
     plain = make_sink(tmp_path / "a", FakeTransport())
     own = make_sink(tmp_path / "b", FakeTransport(), self_metrics=True)
     hub = ForwardHub([plain, own])
@@ -226,7 +251,8 @@ async def test_hub_inbox_is_bounded_and_counts_drops(tmp_path: Path) -> None:
     assert sink.counters.dropped_points["queue_full"] == 4
     await trio.to_thread.run_sync(hub.spool_pending_blocking)
     chunk = sink.spool.read(100)
-    assert chunk is not None and chunk.first_timestamp == 1_700_000_002  # the newest were kept
+    assert chunk is not None
+    assert chunk.first_timestamp == 1_700_000_002
     hub.close()
 
 
@@ -246,11 +272,12 @@ async def graphite_server(nursery: trio.Nursery) -> AsyncIterator[tuple[int, lis
         await stream.aclose()
 
     listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    yield listeners[0].socket.getsockname()[1], received
+    return listeners[0].socket.getsockname()[1], received
 
 
 async def test_graphite_transport_is_confirmed_by_the_peer_close(
-        graphite_server: tuple[int, list[bytes]]) -> None:
+    graphite_server: tuple[int, list[bytes]],
+) -> None:
     port, received = graphite_server
     payload = b"".join(f"a.b{i} {i} 1700000000\n".encode() for i in range(20000))
     await GraphiteTransport("127.0.0.1", port, timeout=10).send(payload)
@@ -266,7 +293,8 @@ async def test_graphite_transport_refused() -> None:
 
 
 async def test_graphite_transport_times_out_when_the_peer_never_closes(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     async def hold(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
@@ -281,8 +309,7 @@ Answer = Callable[[Request], Awaitable[Response]]
 
 
 @pytest.fixture
-async def http_server() -> AsyncIterator[tuple[int, list[Request],
-                                                                    list[Response]]]:
+async def http_server() -> AsyncIterator[tuple[int, list[Request], list[Response]]]:
     """An HTTP receiver answering with the queued responses (200 when none are left; the
     204 VictoriaMetrics answers is covered by test_forward_vm.py)."""
     requests: list[Request] = []
@@ -302,17 +329,20 @@ async def http_server() -> AsyncIterator[tuple[int, list[Request],
     sock.close()
 
 
-async def test_remote_write_request(http_server: tuple[int, list[Request], list[Response]],
-                                    ) -> None:
+async def test_remote_write_request(
+    http_server: tuple[int, list[Request], list[Response]],
+) -> None:
     port, requests, _ = http_server
-    transport = RemoteWriteTransport("127.0.0.1", port, "/api/v1/write?x=1", timeout=5,
-                                     headers=[("X-Scope-OrgID", "team-a")])
+    transport = RemoteWriteTransport(
+        "127.0.0.1", port, "/api/v1/write?x=1", timeout=5, headers=[("X-Scope-OrgID", "team-a")]
+    )
     from statsyard_agent.forward._encode import RemoteWriteEncoder
 
     records = RemoteWriteEncoder().encode(batch(3)).records
     await transport.send(b"".join(r.payload for r in records))
     (request,) = requests
-    assert request.method == "POST" and request.path == "/api/v1/write"
+    assert request.method == "POST"
+    assert request.path == "/api/v1/write"
     assert request.query == {"x": ["1"]}
     headers = request.headers
     assert headers["content-encoding"] == "snappy"
@@ -322,25 +352,32 @@ async def test_remote_write_request(http_server: tuple[int, list[Request], list[
     assert headers["x-scope-orgid"] == "team-a"
     body = bytes(cramjam.snappy.decompress_raw(request.body))
     assert [(dict(labels)["__name__"], samples) for labels, samples in prompb.decode(body)] == [
-        (f"s{i}", [(float(i), 1_700_000_000_000)]) for i in range(3)]
+        (f"s{i}", [(float(i), 1_700_000_000_000)]) for i in range(3)
+    ]
 
 
-@pytest.mark.parametrize(("status", "headers", "error", "retry_after"), [
-    (200, (), None, None),
-    (202, (), None, None),
-    (500, (), SendError, None),
-    (503, (("Retry-After", "7"),), SendError, 7.0),
-    (429, (("Retry-After", "2.5"),), SendError, 2.5),
-    (429, (("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"),), SendError, None),
-    (400, (), RejectedError, None),
-    (401, (), RejectedError, None),
-    (404, (), RejectedError, None),
-    (413, (), RejectedError, None),
-])
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "retry_after"),
+    [
+        (200, (), None, None),
+        (202, (), None, None),
+        (500, (), SendError, None),
+        (503, (("Retry-After", "7"),), SendError, 7.0),
+        (429, (("Retry-After", "2.5"),), SendError, 2.5),
+        (429, (("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"),), SendError, None),
+        (400, (), RejectedError, None),
+        (401, (), RejectedError, None),
+        (404, (), RejectedError, None),
+        (413, (), RejectedError, None),
+    ],
+)
 async def test_remote_write_status_rules(
-        http_server: tuple[int, list[Request], list[Response]], status: int,
-        headers: tuple[tuple[str, str], ...], error: type[Exception] | None,
-        retry_after: float | None) -> None:
+    http_server: tuple[int, list[Request], list[Response]],
+    status: int,
+    headers: tuple[tuple[str, str], ...],
+    error: type[Exception] | None,
+    retry_after: float | None,
+) -> None:
     port, _, answers = http_server
     answers.append(Response(status, b"out of order sample\n", headers=headers))
     transport = RemoteWriteTransport("127.0.0.1", port, "/api/v1/write", timeout=5)
@@ -364,12 +401,21 @@ async def test_remote_write_refused() -> None:
 
 
 async def test_agent_forwards_and_reports_per_sink(
-        nursery: trio.Nursery, tmp_path: Path,
-        graphite_server: tuple[int, list[bytes]]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, graphite_server: tuple[int, list[bytes]]
+) -> None:
     port, received = graphite_server
-    config = make_config(tmp_path / "data", forward=[
-        {"url": f"graphite://127.0.0.1:{port}", "name": "carbon", "fsync": False,
-         "tags": ["instance:web-01"], "self_metrics": True}])
+    config = make_config(
+        tmp_path / "data",
+        forward=[
+            {
+                "url": f"graphite://127.0.0.1:{port}",
+                "name": "carbon",
+                "fsync": False,
+                "tags": ["instance:web-01"],
+                "self_metrics": True,
+            }
+        ],
+    )
     agent = await start_agent(nursery, config)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.sendto(b"deploys:3|c|#env:prod", ("127.0.0.1", agent.udp_port))
@@ -377,8 +423,9 @@ async def test_agent_forwards_and_reports_per_sink(
     await agent.handle.flush(now=1_700_000_000.5)
     hub = agent.handle.state.forward
     assert hub is not None
-    await wait_for(lambda: hub.sinks[0].spool.pending_points == 0 and
-                   hub.sinks[0].counters.sent_points > 0, 10)
+    await wait_for(
+        lambda: hub.sinks[0].spool.pending_points == 0 and hub.sinks[0].counters.sent_points > 0, 10
+    )
     text = b"".join(received).decode()
     assert "stats.counters.deploys.count;env=prod;instance=web-01 3 1700000001\n" in text
     assert "statsyard_udp_packets_received_total;instance=web-01 1 1700000001\n" in text
@@ -386,14 +433,16 @@ async def test_agent_forwards_and_reports_per_sink(
     status, body = await http_get_async(agent.http_port, "/metrics")
     metrics = body.decode()
     sent = hub.sinks[0].counters.sent_points
-    for line in [f'statsyard_forward_points_sent_total{{sink="carbon"}} {sent:.1f}',
-                 'statsyard_forward_points_retried_total{sink="carbon"} 0.0',
-                 'statsyard_forward_points_dropped_total{reason="spool_full",sink="carbon"} 0.0',
-                 'statsyard_forward_spool_points{sink="carbon"} 0.0',
-                 'statsyard_forward_oldest_unsent_seconds{sink="carbon"} 0.0',
-                 'statsyard_forward_spool_bytes{sink="carbon"}',
-                 'statsyard_task_up{task="forward-carbon"} 1.0',
-                 'statsyard_task_up{task="forward"} 1.0']:
+    for line in [
+        f'statsyard_forward_points_sent_total{{sink="carbon"}} {sent:.1f}',
+        'statsyard_forward_points_retried_total{sink="carbon"} 0.0',
+        'statsyard_forward_points_dropped_total{reason="spool_full",sink="carbon"} 0.0',
+        'statsyard_forward_spool_points{sink="carbon"} 0.0',
+        'statsyard_forward_oldest_unsent_seconds{sink="carbon"} 0.0',
+        'statsyard_forward_spool_bytes{sink="carbon"}',
+        'statsyard_task_up{task="forward-carbon"} 1.0',
+        'statsyard_task_up{task="forward"} 1.0',
+    ]:
         assert line in metrics, line
     status, body = await http_get_async(agent.http_port, "/healthz")
     health = json.loads(body)
@@ -404,11 +453,16 @@ async def test_agent_forwards_and_reports_per_sink(
 
 
 async def test_a_sink_task_crash_is_restarted_without_losing_points(
-        nursery: trio.Nursery, tmp_path: Path,
-        graphite_server: tuple[int, list[bytes]]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, graphite_server: tuple[int, list[bytes]]
+) -> None:
     port, received = graphite_server
-    agent = await start_agent(nursery, make_config(tmp_path / "data", forward=[
-        {"url": f"graphite://127.0.0.1:{port}", "name": "carbon", "fsync": False}]))
+    agent = await start_agent(
+        nursery,
+        make_config(
+            tmp_path / "data",
+            forward=[{"url": f"graphite://127.0.0.1:{port}", "name": "carbon", "fsync": False}],
+        ),
+    )
     hub = agent.handle.state.forward
     assert hub is not None
     sink = hub.sinks[0]
@@ -426,7 +480,16 @@ async def test_a_sink_task_crash_is_restarted_without_losing_points(
         client.sendto(b"x:1|c", ("127.0.0.1", agent.udp_port))
     await agent.wait_lines(1)
     await agent.handle.flush(now=1_700_000_000.5)
-    await wait_for(lambda: sink.spool.pending_points == 0, 10)
+    await wait_for(lambda: sink.counters.sent_points > 0 and sink.spool.pending_points == 0, 10)
     assert agent.handle.supervisor.children["forward-carbon"].restarts == 1
     assert "stats.counters.x.count 1 1700000001\n" in b"".join(received).decode()
     assert await agent.stop() == 0
+
+
+def test_a_spool_keeps_its_wire_format(tmp_path: Path) -> None:
+    from statsyard_agent.forward._hub import open_sink
+
+    graphite = open_sink(parse_sink({"url": "graphite://h:1", "name": "up"}, "f"), tmp_path)
+    graphite.spool.close()
+    with pytest.raises(SpoolError, match="holds graphite data but sink 'up' is now remote_write"):
+        open_sink(parse_sink({"url": "remote-write+http://h:1", "name": "up"}, "f"), tmp_path)

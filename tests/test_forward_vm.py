@@ -37,8 +37,10 @@ from tests.conftest import RunningAgent, make_config, start_agent, wait_for, wai
 from tests.test_agent_faults import http_get_async
 
 VM_BINARY = shutil.which("victoria-metrics")
-pytestmark = pytest.mark.skipif(VM_BINARY is None, reason="victoria-metrics is not installed "
-                                "(tests/run-all.sh installs the Debian package)")
+pytestmark = pytest.mark.skipif(
+    VM_BINARY is None,
+    reason="victoria-metrics is not installed (tests/run-all.sh installs the Debian package)",
+)
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -64,14 +66,21 @@ class VictoriaMetrics:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
-        assert VM_BINARY is not None and self.process is None
+        assert VM_BINARY is not None
+        assert self.process is None
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [VM_BINARY, f"-storageDataPath={self.directory / 'data'}",
-                 f"-httpListenAddr=127.0.0.1:{self.http_port}",
-                 f"-graphiteListenAddr=127.0.0.1:{self.graphite_port}",
-                 "-retentionPeriod=1", "-search.latencyOffset=1s"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    VM_BINARY,
+                    f"-storageDataPath={self.directory / 'data'}",
+                    f"-httpListenAddr=127.0.0.1:{self.http_port}",
+                    f"-graphiteListenAddr=127.0.0.1:{self.graphite_port}",
+                    "-retentionPeriod=1",
+                    "-search.latencyOffset=1s",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_blocking(self._healthy, 30, f"VictoriaMetrics up (log: {self.log})")
 
     def _healthy(self) -> bool:
@@ -92,8 +101,9 @@ class VictoriaMetrics:
 
     def export(self, selector: str) -> dict[Series, list[tuple[int, float]]]:
         """Every raw sample matching ``selector``: series -> [(timestamp_ms, value)] sorted."""
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/internal/force_flush",
-                                                      method="POST"), timeout=10).close()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.url}/internal/force_flush", method="POST"), timeout=10
+        ).close()
         body = urllib.parse.urlencode({"match[]": selector}).encode()
         with urllib.request.urlopen(f"{self.url}/api/v1/export", data=body, timeout=30) as resp:
             lines = resp.read().decode().splitlines()
@@ -102,8 +112,7 @@ class VictoriaMetrics:
             item = json.loads(line)
             labels = dict(item["metric"])
             name = labels.pop("__name__")
-            out[(name, tuple(sorted(labels.items())))] += zip(item["timestamps"], item["values"],
-                                                              strict=True)
+            out[(name, tuple(sorted(labels.items())))] += zip(item["timestamps"], item["values"], strict=True)
         return {series: sorted(points) for series, points in out.items()}
 
 
@@ -117,12 +126,22 @@ def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
 
 
 def _sinks(vm: VictoriaMetrics) -> list[dict[str, Any]]:
-    fast = {"fsync": False, "backoff_initial": 0.05, "backoff_max": 0.3, "timeout": 5,
-            "max_lag": 30, "max_points_per_send": 50}
+    fast = {
+        "fsync": False,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.3,
+        "timeout": 5,
+        "max_lag": 30,
+        "max_points_per_send": 50,
+    }
     return [
         {"url": f"graphite://127.0.0.1:{vm.graphite_port}", "name": "graphite", **fast},
-        {"url": f"remote-write+http://127.0.0.1:{vm.http_port}/api/v1/write", "name": "rw",
-         "self_metrics": True, **fast},
+        {
+            "url": f"remote-write+http://127.0.0.1:{vm.http_port}/api/v1/write",
+            "name": "rw",
+            "self_metrics": True,
+            **fast,
+        },
     ]
 
 
@@ -146,20 +165,21 @@ class Recorder:
     def expected(self, rename: bool) -> dict[Series, list[tuple[int, float]]]:
         out: dict[Series, list[tuple[int, float]]] = defaultdict(list)
         for batch in self.batches:
-            for name, tags, value in zip(batch.names, batch.tags, batch.values.tolist(),
-                                         strict=True):
+            for name, tags, value in zip(batch.names, batch.tags, batch.values.tolist(), strict=True):
                 if not math.isnan(value):
                     series = (prometheus_name(name) if rename else name, tags)
                     out[series].append((batch.timestamp * 1000, value))
         return {series: sorted(points) for series, points in out.items()}
 
 
-def assert_same_points(expected: dict[Series, list[tuple[int, float]]],
-                       exported: dict[Series, list[tuple[int, float]]]) -> int:
+def assert_same_points(
+    expected: dict[Series, list[tuple[int, float]]], exported: dict[Series, list[tuple[int, float]]]
+) -> int:
     """Same series, same timestamps (each once), values equal to VictoriaMetrics' precision."""
     assert sorted(exported) == sorted(expected), (
         f"missing series: {sorted(set(expected) - set(exported))[:5]}, "
-        f"unexpected: {sorted(set(exported) - set(expected))[:5]}")
+        f"unexpected: {sorted(set(exported) - set(expected))[:5]}"
+    )
     total = 0
     for series, points in expected.items():
         got = exported[series]
@@ -173,8 +193,12 @@ def assert_same_points(expected: dict[Series, list[tuple[int, float]]],
 async def send(agent: RunningAgent, round_: int) -> int:
     """Known traffic for one interval; returns the counter increments sent."""
     lines = [f"ci.hits:1|c|#env:ci,round:{round_ % 3}" for _ in range(round_ + 1)]
-    lines += [f"ci.level:{round_ * 1.5}|g", f"ci.latency:{10 + round_}|ms|#env:ci",
-              f"ci.latency:{20 + round_ * 2}|ms|#env:ci", f"ci.users:u{round_}|s"]
+    lines += [
+        f"ci.level:{round_ * 1.5}|g",
+        f"ci.latency:{10 + round_}|ms|#env:ci",
+        f"ci.latency:{20 + round_ * 2}|ms|#env:ci",
+        f"ci.users:u{round_}|s",
+    ]
     before = agent.handle.state.ingest.lines
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.sendto("\n".join(lines).encode(), ("127.0.0.1", agent.udp_port))
@@ -196,14 +220,17 @@ class Clock:
 async def delivered(agent: RunningAgent) -> None:
     hub = agent.handle.state.forward
     assert hub is not None
-    await wait_for(lambda: hub.inbox_batches == 0
-                   and all(s.spool.pending_points == 0 for s in hub.sinks), 60,
-                   lambda: json.dumps(hub.health()))
+    await wait_for(
+        lambda: hub.inbox_batches == 0 and all(s.spool.pending_points == 0 for s in hub.sinks),
+        60,
+        lambda: json.dumps(hub.health()),
+    )
 
 
 @contextlib.asynccontextmanager
-async def running(nursery: trio.Nursery, data: Path, vm: VictoriaMetrics,
-                  recorder: Recorder) -> AsyncIterator[RunningAgent]:
+async def running(
+    nursery: trio.Nursery, data: Path, vm: VictoriaMetrics, recorder: Recorder
+) -> AsyncIterator[RunningAgent]:
     agent = await start_agent(nursery, make_config(data, forward=_sinks(vm)))
     recorder.attach(agent)
     try:
@@ -218,15 +245,18 @@ def check_export(vm: VictoriaMetrics, recorder: Recorder, increments: int) -> in
     remote = vm.export('{__name__=~"stats_.*"}')
     points = assert_same_points(recorder.expected(rename=False), graphite)
     assert assert_same_points(recorder.expected(rename=True), remote) == points
-    for exported, name in ((graphite, "stats.counters.ci.hits.count"),
-                           (remote, "stats_counters_ci_hits_count")):
+    for exported, name in (
+        (graphite, "stats.counters.ci.hits.count"),
+        (remote, "stats_counters_ci_hits_count"),
+    ):
         counted = sum(v for (n, _), values in exported.items() if n == name for _, v in values)
         assert counted == increments  # the known traffic, independently of the recording
     return points
 
 
 async def test_known_traffic_arrives_point_by_point(
-        nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics) -> None:
+    nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics
+) -> None:
     recorder = Recorder()
     clock = Clock()
     increments = 0
@@ -236,10 +266,9 @@ async def test_known_traffic_arrives_point_by_point(
             await agent.handle.flush(now=clock.tick())
         await delivered(agent)
     # The shutdown flush was sent too, within the sinks' shutdown grace.
-    points = await trio.to_thread.run_sync(
-        lambda: wait_for_export(vm, recorder, increments))
+    points = await trio.to_thread.run_sync(lambda: wait_for_export(vm, recorder, increments))
     assert points > 100
-    own = await trio.to_thread.run_sync(vm.export, 'statsyard_forward_points_sent_total')
+    own = await trio.to_thread.run_sync(vm.export, "statsyard_forward_points_sent_total")
     assert {dict(tags)["sink"] for _, tags in own} == {"graphite", "rw"}
     assert all("instance" in dict(tags) for _, tags in own)
 
@@ -257,7 +286,8 @@ def wait_for_export(vm: VictoriaMetrics, recorder: Recorder, increments: int) ->
 
 
 async def test_outage_and_agent_restart_lose_and_duplicate_nothing(
-        nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics) -> None:
+    nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics
+) -> None:
     recorder = Recorder()
     clock = Clock()
     increments = 0
@@ -303,7 +333,8 @@ async def test_outage_and_agent_restart_lose_and_duplicate_nothing(
 
 @pytest.mark.long
 async def test_wall_clock_outage_with_continuous_traffic(
-        nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics) -> None:
+    nursery: trio.Nursery, tmp_path: Path, vm: VictoriaMetrics
+) -> None:
     """The same guarantee with real one-second flushes and traffic that never pauses."""
     recorder = Recorder()
     data = tmp_path / "data"
@@ -316,16 +347,14 @@ async def test_wall_clock_outage_with_continuous_traffic(
         sent = 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             while trio.current_time() < end:
-                client.sendto(b"ci.hits:1|c|#env:ci\nci.latency:5|ms", ("127.0.0.1",
-                                                                          agent.udp_port))
+                client.sendto(b"ci.hits:1|c|#env:ci\nci.latency:5|ms", ("127.0.0.1", agent.udp_port))
                 sent += 1
                 await trio.sleep(0.02)
         await agent.wait_lines(before + 2 * sent)
         increments += sent
 
     async def start() -> RunningAgent:
-        agent = await start_agent(nursery, make_config(data, forward=_sinks(vm),
-                                                       flush_interval=1))
+        agent = await start_agent(nursery, make_config(data, forward=_sinks(vm), flush_interval=1))
         recorder.attach(agent)
         return agent
 

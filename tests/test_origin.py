@@ -29,16 +29,24 @@ V1_REST = "11:pids:/\n10:cpu,cpuacct:/\n"
         # Kubernetes + containerd (CRI), cgroupfs driver, v1
         (f"{V1_REST}4:memory:/kubepods/burstable/pod{POD}/{CID}\n", (CID, POD)),
         # Kubernetes + containerd, systemd driver, v2
-        (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
-         f"cri-containerd-{CID}.scope\n", (CID, POD)),
+        (
+            f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
+            f"cri-containerd-{CID}.scope\n",
+            (CID, POD),
+        ),
         # Guaranteed QoS pods sit directly under kubepods
         (f"0::/kubepods.slice/kubepods-pod{POD_}.slice/cri-containerd-{CID}.scope\n", (CID, POD)),
         # CRI-O
-        (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_}.slice/"
-         f"crio-{CID}.scope\n", (CID, POD)),
+        (
+            f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_}.slice/"
+            f"crio-{CID}.scope\n",
+            (CID, POD),
+        ),
         # Podman, rootless, v2: the payload runs in a "container" child cgroup
-        (f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope/"
-         f"container\n", (CID, None)),
+        (
+            f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope/container\n",
+            (CID, None),
+        ),
         # Podman's conmon monitors a container but is not in it
         (f"0::/machine.slice/libpod-conmon-{CID}.scope\n", (None, None)),
         # seen through the reader's own cgroup namespace: a path relative to another container
@@ -46,8 +54,10 @@ V1_REST = "11:pids:/\n10:cpu,cpuacct:/\n"
         # nested (Docker in Docker): the innermost container
         (f"0::/docker/{CID2}/docker/{CID}\n", (CID, None)),
         # ECS on Fargate
-        ("0::/ecs/8cd79b803960412e9d8b4a1b1f5b2c4e/8cd79b803960412e9d8b4a1b1f5b2c4e-1234567890\n",
-         ("8cd79b803960412e9d8b4a1b1f5b2c4e-1234567890", None)),
+        (
+            "0::/ecs/8cd79b803960412e9d8b4a1b1f5b2c4e/8cd79b803960412e9d8b4a1b1f5b2c4e-1234567890\n",
+            ("8cd79b803960412e9d8b4a1b1f5b2c4e-1234567890", None),
+        ),
         # hybrid: v2 line at the root, the id only in v1 lines
         (f"0::/\n4:memory:/docker/{CID}\n", (CID, None)),
         # the v2 line is read first
@@ -79,8 +89,10 @@ def fake_proc(root: Path, pid: int, comm: str, cgroup: str) -> None:
     (root / str(pid) / "cgroup").write_text(cgroup)
 
 
-K8S_CGROUP = (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
-              f"cri-containerd-{CID}.scope\n")
+K8S_CGROUP = (
+    f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_}.slice/"
+    f"cri-containerd-{CID}.scope\n"
+)
 
 
 @pytest.mark.parametrize(

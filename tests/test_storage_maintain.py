@@ -262,7 +262,7 @@ def test_disk_full_during_maintenance_loses_nothing(tmp_path: Path, monkeypatch:
         real(fd, data)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_partition, "write_all", full_disk)
-    later = T0 + 10 * len(values) + 86400
+    later = T0 + 10 * len(values) + 120  # seals and compacts; nothing expires yet
     with pytest.raises(StorageError, match="disk is full"):
         db.maintain(later, budget=None)
     assert not list(tmp_path.rglob("*.tmp"))
@@ -274,3 +274,27 @@ def test_disk_full_during_maintenance_loses_nothing(tmp_path: Path, monkeypatch:
     [count] = Reader(tmp_path).query("t.count", T0, T0 + 5000, now=T0)
     np.testing.assert_array_equal(count.values, values[:, 0])
     assert verify_storage(tmp_path) == []
+
+
+def test_each_schema_group_gets_its_own_tiers_on_disk(tmp_path: Path) -> None:
+    config = StorageConfig(
+        retention=parse_retention("10s:1h,1m:6h"),
+        schemas=(("^slow[.]", parse_retention("1m:6h,10m:2d")),),
+        fsync=False,
+    )
+    with TSDB.open(tmp_path, config) as db:
+        for k in range(4 * 360):  # 4 h: the slow group's 1 min tier spans 3 h
+            ts = T0 + 10 * k
+            points = np.array([1.0, 2.0])
+            db.write(FlushBatch(ts, 10.0, ("fast.x", "slow.x"), ((), ()), (Rollup.SUM,) * 2, points))
+            db.maintain(ts + 5, budget=None)
+    groups = {p.name: sorted(q.name for q in p.iterdir()) for p in (tmp_path / "data").iterdir()}
+    assert groups == {"g0": ["10s", "60s"], "g1": ["600s", "60s"]}
+    reader = Reader(tmp_path)
+    end = T0 + 4 * 3600
+    [fast] = reader.query("fast.x", end - 3600, end, now=end - 3600)
+    [slow] = reader.query("slow.x", T0, T0 + 3600, now=T0)
+    assert (fast.step, np.nansum(fast.values)) == (10, 360.0)
+    assert (slow.step, slow.values.tolist()) == (60, [12.0] * 60)
+    [slow] = reader.query("slow.x", T0, T0 + 3 * 3600, now=T0 + 86400)
+    assert (slow.step, slow.values.tolist()) == (600, [120.0] * 18)

@@ -37,8 +37,13 @@ def test_merge_tags_returns_the_same_object_when_nothing_is_added() -> None:
     assert merge_tags(tags, (("a", "other"),)) is tags
 
 
-K8S_ENV = {"POD_NAME": "web-7d9f", "POD_NAMESPACE": "shop", "NODE_NAME": "node-3",
-           "POD_UID": "1b2c", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+K8S_ENV = {
+    "POD_NAME": "web-7d9f",
+    "POD_NAMESPACE": "shop",
+    "NODE_NAME": "node-3",
+    "POD_UID": "1b2c",
+    "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+}
 
 
 def tags_for(environ: dict[str, str], hostname: str = "web-7d9f", **values: object) -> Tags:
@@ -50,22 +55,40 @@ def tags_for(environ: dict[str, str], hostname: str = "web-7d9f", **values: obje
     ("values", "expected"),
     [
         ({}, {"kube_namespace": "shop", "kube_node": "node-3"}),
-        ({"tag_cardinality": "orchestrator"},
-         {"kube_namespace": "shop", "kube_node": "node-3", "pod_name": "web-7d9f", "pod_uid": "1b2c"}),
+        (
+            {"tag_cardinality": "orchestrator"},
+            {"kube_namespace": "shop", "kube_node": "node-3", "pod_name": "web-7d9f", "pod_uid": "1b2c"},
+        ),
         # in a pod, the host name is the pod name: orchestrator-level like pod_name
         ({"host_tag": "auto"}, {"kube_namespace": "shop", "kube_node": "node-3"}),
-        ({"host_tag": "auto", "tag_cardinality": "orchestrator"},
-         {"kube_namespace": "shop", "kube_node": "node-3", "pod_name": "web-7d9f", "pod_uid": "1b2c",
-          "host": "web-7d9f"}),
+        (
+            {"host_tag": "auto", "tag_cardinality": "orchestrator"},
+            {
+                "kube_namespace": "shop",
+                "kube_node": "node-3",
+                "pod_name": "web-7d9f",
+                "pod_uid": "1b2c",
+                "host": "web-7d9f",
+            },
+        ),
         ({"host_tag": "edge-1"}, {"kube_namespace": "shop", "kube_node": "node-3", "host": "edge-1"}),
         # static tags always; they win over the environment on the same key
-        ({"tags": ["env:prod", "kube_node:pinned", "canary"]},
-         {"kube_namespace": "shop", "kube_node": "pinned", "env": "prod", "canary": ""}),
+        (
+            {"tags": ["env:prod", "kube_node:pinned", "canary"]},
+            {"kube_namespace": "shop", "kube_node": "pinned", "env": "prod", "canary": ""},
+        ),
         # names are configurable, per level
         ({"env_tags": {"low": {"ns": "POD_NAMESPACE"}, "orchestrator": {}}}, {"ns": "shop"}),
-        ({"env_tags": {"high": {"pod": "POD_NAME"}}, "tag_cardinality": "high"},
-         {"kube_namespace": "shop", "kube_node": "node-3", "pod_name": "web-7d9f", "pod_uid": "1b2c",
-          "pod": "web-7d9f"}),
+        (
+            {"env_tags": {"high": {"pod": "POD_NAME"}}, "tag_cardinality": "high"},
+            {
+                "kube_namespace": "shop",
+                "kube_node": "node-3",
+                "pod_name": "web-7d9f",
+                "pod_uid": "1b2c",
+                "pod": "web-7d9f",
+            },
+        ),
     ],
 )
 def test_agent_tags_in_kubernetes(values: dict[str, object], expected: dict[str, str]) -> None:
@@ -139,9 +162,13 @@ _tag = st.tuples(st.sampled_from("abc"), st.sampled_from(["", "1", "2"]))
 
 
 @given(
-    series=st.lists(st.tuples(st.sampled_from(["x", "y"]),
-                              st.lists(_tag, max_size=3).map(lambda t: tuple(sorted(set(t))))),
-                    max_size=12, unique=True),
+    series=st.lists(
+        st.tuples(
+            st.sampled_from(["x", "y"]), st.lists(_tag, max_size=3).map(lambda t: tuple(sorted(set(t))))
+        ),
+        max_size=12,
+        unique=True,
+    ),
     extra=st.dictionaries(st.sampled_from("abd"), st.sampled_from(["1", "9"]), max_size=3),
 )
 def test_batch_tagger_never_merges_series_and_only_adds(
@@ -149,8 +176,9 @@ def test_batch_tagger_never_merges_series_and_only_adds(
 ) -> None:
     import numpy as np
 
-    batch = FlushBatch(1, 1.0, tuple(n for n, _ in series), tuple(t for _, t in series),
-                       (), np.zeros(len(series)))
+    batch = FlushBatch(
+        1, 1.0, tuple(n for n, _ in series), tuple(t for _, t in series), (), np.zeros(len(series))
+    )
     out = BatchTagger(tuple(sorted(extra.items()))).apply(batch)
     keys = list(zip(out.names, out.tags, strict=True))
     assert len(set(keys)) == len(keys)  # distinct in, distinct out

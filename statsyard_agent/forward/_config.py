@@ -36,8 +36,16 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: Keys every sink accepts, and those only some kinds accept.
 _COMMON_KEYS = {"url", "name"}
 _BATCH_KEYS = {
-    "max_lag", "tags", "self_metrics", "spool_max_bytes", "fsync", "max_points_per_send", "timeout",
-    "backoff_initial", "backoff_max", "shutdown_grace",
+    "max_lag",
+    "tags",
+    "self_metrics",
+    "spool_max_bytes",
+    "fsync",
+    "max_points_per_send",
+    "timeout",
+    "backoff_initial",
+    "backoff_max",
+    "shutdown_grace",
 }
 _KIND_KEYS: dict[SinkKind, set[str]] = {
     "graphite": _COMMON_KEYS | _BATCH_KEYS,
@@ -102,8 +110,11 @@ def parse_url(url: object, key: str) -> tuple[SinkKind, tuple[tuple[str, int], .
     scheme, sep, rest = url.partition("://")
     kind = _SCHEMES.get(scheme.lower()) if sep else None
     if kind is None:
-        raise ConfigError(key, f"expected graphite://HOST:PORT, remote-write+http://HOST:PORT/PATH "
-                               f"or statsd://HOST:PORT,HOST:PORT; got {url!r}")
+        raise ConfigError(
+            key,
+            f"expected graphite://HOST:PORT, remote-write+http://HOST:PORT/PATH "
+            f"or statsd://HOST:PORT,HOST:PORT; got {url!r}",
+        )
     default_port = _DEFAULT_PORTS[kind]
     if kind == "remote_write":
         parts = urllib.parse.urlsplit("http://" + rest)
@@ -146,8 +157,7 @@ def _integer(value: object, key: str, *, minimum: int, maximum: int | None = Non
 
 def _string_table(value: object, key: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a table of strings like {{ X-Scope-OrgID = \"a\" }}, "
-                               f"got {value!r}")
+        raise ConfigError(key, f'expected a table of strings like {{ X-Scope-OrgID = "a" }}, got {value!r}')
     for k, v in value.items():
         if not isinstance(v, str) or not k:
             raise ConfigError(f"{key}.{k}", f"expected a string, got {v!r}")
@@ -157,12 +167,11 @@ def _string_table(value: object, key: str) -> tuple[tuple[str, str], ...]:
 def _tags(value: object, key: str) -> Tags:
     """``["KEY:VALUE", ...]`` (the form of the agent-wide ``tags``); a bare KEY is ``KEY:true``."""
     if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list like [\"instance:web-01\"], got {value!r}")
+        raise ConfigError(key, f'expected a list like ["instance:web-01"], got {value!r}')
     tags: dict[str, str] = {}
     for item in value:
         if not isinstance(item, str) or not re.fullmatch(r"[^\s:,|;]+(:[^\s,|;]*)?", item):
-            raise ConfigError(key, f"bad tag {item!r}: want KEY:VALUE without spaces, ',', '|' "
-                                   "or ';'")
+            raise ConfigError(key, f"bad tag {item!r}: want KEY:VALUE without spaces, ',', '|' or ';'")
         name, _, text = item.partition(":")
         tags[name] = text or "true"
     return tuple(sorted(tags.items()))
@@ -170,8 +179,9 @@ def _tags(value: object, key: str) -> Tags:
 
 def parse_sink(entry: object, key: str) -> SinkConfig:
     """Validate one ``[[forward]]`` table (or a bare URL string from ``--forward``)."""
-    table: Mapping[str, object] = {"url": entry} if isinstance(entry, str) else (
-        entry if isinstance(entry, Mapping) else {})
+    table: Mapping[str, object] = (
+        {"url": entry} if isinstance(entry, str) else (entry if isinstance(entry, Mapping) else {})
+    )
     if not table:
         raise ConfigError(key, f"expected a table with a url (or a URL string), got {entry!r}")
     if "url" not in table:
@@ -180,25 +190,31 @@ def parse_sink(entry: object, key: str) -> SinkConfig:
     allowed = _KIND_KEYS[kind]
     for item in table:
         if item not in allowed:
-            raise ConfigError(f"{key}.{item}", f"unknown key for a {kind} sink; known keys: "
-                                               f"{', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{key}.{item}", f"unknown key for a {kind} sink; known keys: {', '.join(sorted(allowed))}"
+            )
     defaults = SinkConfig("", kind, "", endpoints)
     name: object = table.get("name", _default_name(kind, endpoints))
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"{key}.name", f"expected 1-64 characters of [A-Za-z0-9_.-] (it names "
-                                         f"the spool directory), got {name!r}")
+        raise ConfigError(
+            f"{key}.name",
+            f"expected 1-64 characters of [A-Za-z0-9_.-] (it names the spool directory), got {name!r}",
+        )
     self_metrics = table.get("self_metrics", defaults.self_metrics)
     fsync = table.get("fsync", defaults.fsync)
     for flag, value in (("self_metrics", self_metrics), ("fsync", fsync)):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}.{flag}", f"expected true or false, got {value!r}")
-    backoff_initial = _seconds(table.get("backoff_initial", defaults.backoff_initial),
-                               f"{key}.backoff_initial", minimum=0.001)
-    backoff_max = _seconds(table.get("backoff_max", defaults.backoff_max), f"{key}.backoff_max",
-                           minimum=0.001)
+    backoff_initial = _seconds(
+        table.get("backoff_initial", defaults.backoff_initial), f"{key}.backoff_initial", minimum=0.001
+    )
+    backoff_max = _seconds(
+        table.get("backoff_max", defaults.backoff_max), f"{key}.backoff_max", minimum=0.001
+    )
     if backoff_max < backoff_initial:
-        raise ConfigError(f"{key}.backoff_max", f"must be >= backoff_initial ({backoff_initial:g})"
-                                                f", got {backoff_max:g}")
+        raise ConfigError(
+            f"{key}.backoff_max", f"must be >= backoff_initial ({backoff_initial:g}), got {backoff_max:g}"
+        )
     headers = _string_table(table.get("headers", {}), f"{key}.headers")
     for header, value in headers:
         if not re.fullmatch(r"[A-Za-z0-9-]+", header) or "\n" in value or "\r" in value:
@@ -212,20 +228,26 @@ def parse_sink(entry: object, key: str) -> SinkConfig:
         headers=headers,
         tags=_tags(table.get("tags", []), f"{key}.tags"),
         self_metrics=bool(self_metrics),
-        spool_max_bytes=_integer(table.get("spool_max_bytes", defaults.spool_max_bytes),
-                                 f"{key}.spool_max_bytes", minimum=64 << 10),
+        spool_max_bytes=_integer(
+            table.get("spool_max_bytes", defaults.spool_max_bytes), f"{key}.spool_max_bytes", minimum=64 << 10
+        ),
         fsync=bool(fsync),
-        max_points_per_send=_integer(table.get("max_points_per_send",
-                                               defaults.max_points_per_send),
-                                     f"{key}.max_points_per_send", minimum=1, maximum=1_000_000),
+        max_points_per_send=_integer(
+            table.get("max_points_per_send", defaults.max_points_per_send),
+            f"{key}.max_points_per_send",
+            minimum=1,
+            maximum=1_000_000,
+        ),
         timeout=_seconds(table.get("timeout", defaults.timeout), f"{key}.timeout", minimum=0.1),
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         max_lag=_seconds(table.get("max_lag", defaults.max_lag), f"{key}.max_lag", minimum=0),
-        shutdown_grace=_seconds(table.get("shutdown_grace", defaults.shutdown_grace),
-                                f"{key}.shutdown_grace", minimum=0),
-        max_datagram=_integer(table.get("max_datagram", defaults.max_datagram),
-                              f"{key}.max_datagram", minimum=64, maximum=65507),
+        shutdown_grace=_seconds(
+            table.get("shutdown_grace", defaults.shutdown_grace), f"{key}.shutdown_grace", minimum=0
+        ),
+        max_datagram=_integer(
+            table.get("max_datagram", defaults.max_datagram), f"{key}.max_datagram", minimum=64, maximum=65507
+        ),
     )
 
 
@@ -246,7 +268,8 @@ def parse_forward(value: object, key: str = "forward") -> tuple[SinkConfig, ...]
     seen: set[str] = set()
     for i, sink in enumerate(sinks):
         if sink.name in seen:
-            raise ConfigError(f"{key}[{i}].name", f"sink name {sink.name!r} is used twice; give "
-                                                  "each sink its own name")
+            raise ConfigError(
+                f"{key}[{i}].name", f"sink name {sink.name!r} is used twice; give each sink its own name"
+            )
         seen.add(sink.name)
     return sinks

@@ -54,8 +54,10 @@ def _number(value: float) -> str:
 
 
 def _split(parts: list[bytes], timestamp: int, max_points: int) -> list[Record]:
-    return [Record(b"".join(parts[i:i + max_points]), len(parts[i:i + max_points]), timestamp)
-            for i in range(0, len(parts), max_points)]
+    return [
+        Record(b"".join(parts[i : i + max_points]), len(parts[i : i + max_points]), timestamp)
+        for i in range(0, len(parts), max_points)
+    ]
 
 
 # --- Graphite plaintext ------------------------------------------------------------------

@@ -49,14 +49,35 @@ class _Item:
     sinks: tuple[BatchSink, ...]
 
 
+def _check_kind(directory: Path, kind: str) -> None:
+    """A spool holds one wire format: refuse to send Graphite lines as remote write (a sink
+    renamed or re-pointed to another protocol under the same name)."""
+    marker = directory / "KIND"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            marker.write_text(kind + "\n")
+            return
+        found = marker.read_text().strip()
+    except OSError as exc:
+        raise SpoolError(f"cannot open the spool {directory}: {exc.strerror or exc}") from exc
+    if found != kind:
+        raise SpoolError(
+            f"the spool {directory} holds {found} data but sink {directory.name!r} is now "
+            f"{kind}: give the sink another name, or remove the directory to discard it"
+        )
+
+
 def open_sink(config: SinkConfig, spool_root: Path) -> BatchSink:
     """Blocking: open (recover) the sink's spool and build its encoder and transport."""
+    _check_kind(spool_root / config.name, config.kind)
     spool = Spool(spool_root / config.name, max_bytes=config.spool_max_bytes, fsync=config.fsync)
     host, port = config.endpoints[0]
     transport: Transport
     if config.kind == "graphite":
         encoder: GraphiteEncoder | RemoteWriteEncoder = GraphiteEncoder(
-            config.tags, config.max_points_per_send)
+            config.tags, config.max_points_per_send
+        )
         transport = GraphiteTransport(host, port, config.timeout)
     else:
         encoder = RemoteWriteEncoder(config.tags, config.max_points_per_send)
@@ -67,8 +88,13 @@ def open_sink(config: SinkConfig, spool_root: Path) -> BatchSink:
 class ForwardHub:
     """Every configured sink, the inbox between the flusher and the spools, and health."""
 
-    def __init__(self, sinks: Sequence[BatchSink], relays: Sequence[StatsdRelay] = (), *,
-                 inbox_max: int = INBOX_MAX_BATCHES) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[BatchSink],
+        relays: Sequence[StatsdRelay] = (),
+        *,
+        inbox_max: int = INBOX_MAX_BATCHES,
+    ) -> None:
         self.sinks = tuple(sinks)
         self.relays = tuple(relays)
         self.inbox_max = inbox_max
@@ -94,10 +120,16 @@ class ForwardHub:
                 sink.spool.close()
             raise
         relays = [StatsdRelay(config) for config in configs if not config.spooled]
+        for relay in relays:
+            relay.connect(relay.resolve())
         for sink in sinks:
-            log.info("forwarding to %s as sink %s (spool %s, %d points waiting)",
-                     sink.transport.description, sink.name, sink.spool.directory,
-                     sink.spool.pending_points)
+            log.info(
+                "forwarding to %s as sink %s (spool %s, %d points waiting)",
+                sink.transport.description,
+                sink.name,
+                sink.spool.directory,
+                sink.spool.pending_points,
+            )
         for relay in relays:
             log.info("relaying StatsD lines to %s as sink %s", relay.description, relay.name)
         return cls(sinks, relays)
@@ -180,8 +212,12 @@ class ForwardHub:
             except SpoolError as exc:
                 self.spool_error = str(exc)
                 delay = backoff.next()
-                log.error("spooling for forwarding failed (%d batches wait, retrying in %.1f s):"
-                          " %s", len(self._inbox), delay, exc)
+                log.error(
+                    "spooling for forwarding failed (%d batches wait, retrying in %.1f s): %s",
+                    len(self._inbox),
+                    delay,
+                    exc,
+                )
                 await trio.sleep(delay)
                 continue
             finally:
@@ -200,8 +236,9 @@ class ForwardHub:
             try:
                 self._spool_item(item)
             except SpoolError as exc:
-                log.error("at shutdown: %d batches could not be spooled for forwarding: %s",
-                          len(self._inbox), exc)
+                log.error(
+                    "at shutdown: %d batches could not be spooled for forwarding: %s", len(self._inbox), exc
+                )
                 return
             self._inbox.popleft()
 
@@ -225,8 +262,7 @@ class ForwardHub:
     def problems(self) -> list[str]:
         problems = [p for sink in self.sinks for p in sink.problems()]
         if self.spool_error:
-            problems.append(f"forward spool failing ({len(self._inbox)} batches wait): "
-                            f"{self.spool_error}")
+            problems.append(f"forward spool failing ({len(self._inbox)} batches wait): {self.spool_error}")
         return problems
 
     def health(self) -> dict[str, object]:

@@ -31,30 +31,43 @@ class ForwardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hub = self._hub
         label = ["sink"]
-        sent = CounterMetricFamily("statsyard_forward_points_sent",
-                                   "Points the upstream confirmed (relay: lines sent).",
-                                   labels=label)
-        retried = CounterMetricFamily("statsyard_forward_points_retried",
-                                      "Points in failed sends that stay spooled and are retried.",
-                                      labels=label)
+        sent = CounterMetricFamily(
+            "statsyard_forward_points_sent",
+            "Points the upstream confirmed (relay: lines sent).",
+            labels=label,
+        )
+        retried = CounterMetricFamily(
+            "statsyard_forward_points_retried",
+            "Points in failed sends that stay spooled and are retried.",
+            labels=label,
+        )
         dropped = CounterMetricFamily(
             "statsyard_forward_points_dropped",
             "Points given up: spool_full (drop-oldest), queue_full (spooling stalled), rejected "
             "(HTTP 4xx), unencodable (e.g. Inf in Graphite), send_error (relay).",
-            labels=["sink", "reason"])
-        failures = CounterMetricFamily("statsyard_forward_send_failures",
-                                       "Failed send attempts.", labels=label)
-        spool_bytes = GaugeMetricFamily("statsyard_forward_spool_bytes",
-                                        "Bytes on disk in the sink's spool (relay: buffered).",
-                                        labels=label)
-        spool_points = GaugeMetricFamily("statsyard_forward_spool_points",
-                                         "Points spooled and not yet confirmed.", labels=label)
-        oldest = GaugeMetricFamily("statsyard_forward_oldest_unsent_seconds",
-                                   "Age of the oldest point not yet confirmed (0: none).",
-                                   labels=label)
-        corrupt = CounterMetricFamily("statsyard_forward_spool_corrupt_bytes",
-                                      "Spool bytes cut off because they failed their checksum.",
-                                      labels=label)
+            labels=["sink", "reason"],
+        )
+        failures = CounterMetricFamily(
+            "statsyard_forward_send_failures", "Failed send attempts.", labels=label
+        )
+        spool_bytes = GaugeMetricFamily(
+            "statsyard_forward_spool_bytes",
+            "Bytes on disk in the sink's spool (relay: buffered).",
+            labels=label,
+        )
+        spool_points = GaugeMetricFamily(
+            "statsyard_forward_spool_points", "Points spooled and not yet confirmed.", labels=label
+        )
+        oldest = GaugeMetricFamily(
+            "statsyard_forward_oldest_unsent_seconds",
+            "Age of the oldest point not yet confirmed (0: none).",
+            labels=label,
+        )
+        corrupt = CounterMetricFamily(
+            "statsyard_forward_spool_corrupt_bytes",
+            "Spool bytes cut off because they failed their checksum.",
+            labels=label,
+        )
         for sink in hub.sinks:
             name = [sink.name]
             counters = sink.counters
@@ -78,13 +91,14 @@ class ForwardCollector(Collector):
             spool_bytes.add_metric(name, relay.buffered_bytes)
             oldest.add_metric(name, relay.lag_seconds())
         yield from (sent, retried, dropped, failures, spool_bytes, spool_points, oldest, corrupt)
-        yield GaugeMetricFamily("statsyard_forward_inbox_batches",
-                                "Flushed batches waiting to be spooled for forwarding.",
-                                value=hub.inbox_batches)
+        yield GaugeMetricFamily(
+            "statsyard_forward_inbox_batches",
+            "Flushed batches waiting to be spooled for forwarding.",
+            value=hub.inbox_batches,
+        )
 
 
-def registry_batch(registry: CollectorRegistry, timestamp: int,
-                   instance: str | None = None) -> FlushBatch:
+def registry_batch(registry: CollectorRegistry, timestamp: int, instance: str | None = None) -> FlushBatch:
     """One point per sample of ``registry`` (``_created`` samples skipped), tagged with the
     sample's labels plus ``instance`` (default: the host name)."""
     instance = instance or socket.gethostname()
@@ -100,5 +114,11 @@ def registry_batch(registry: CollectorRegistry, timestamp: int,
             names.append(sample.name)
             tags.append(tuple(sorted(labels.items())))
             values.append(float(sample.value))
-    return FlushBatch(timestamp, 0.0, tuple(names), tuple(tags), (Rollup.LAST,) * len(names),
-                      np.array(values, dtype=np.float64))
+    return FlushBatch(
+        timestamp,
+        0.0,
+        tuple(names),
+        tuple(tags),
+        (Rollup.LAST,) * len(names),
+        np.array(values, dtype=np.float64),
+    )

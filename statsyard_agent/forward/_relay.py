@@ -26,6 +26,7 @@ import math
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -34,12 +35,16 @@ from ._sink import SinkCounters
 
 log = logging.getLogger(__name__)
 
+#: A resolved upstream: family, socket type, protocol, and the address to connect to.
+Address = tuple[int, int, int, Any]
+
 FLUSH_SECONDS = 0.1
+RESOLVE_SECONDS = 30.0
 _KEY_CACHE_MAX = 100_000
 
 
 def _points(digest: bytes) -> list[int]:
-    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
 class HashRing:
@@ -84,6 +89,7 @@ class StatsdRelay:
         self.ring = HashRing([_node_name(host, port) for host, port in config.endpoints])
         self._clock = clock
         self._sockets: list[socket.socket | None] = [None] * len(config.endpoints)
+        self._addresses: list[Address | None] = [None] * len(config.endpoints)
         self._buffers = [bytearray() for _ in config.endpoints]
         self._lines = [0] * len(config.endpoints)
         self._since: float | None = None
@@ -94,17 +100,39 @@ class StatsdRelay:
     def name(self) -> str:
         return self.config.name
 
-    def _socket(self, index: int) -> socket.socket:
-        sock = self._sockets[index]
-        if sock is None:
-            host, port = self.config.endpoints[index]
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host, port, type=socket.SOCK_DGRAM)[0]
+    def resolve(self) -> list[Address | None]:
+        """Blocking (worker thread): look up every upstream; None for a name that does not
+        resolve now (its lines are dropped and counted until it does)."""
+        addresses: list[Address | None] = []
+        for host, port in self.config.endpoints:
+            try:
+                family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            except OSError as exc:
+                log.warning("statsd relay %s: cannot resolve %s: %s", self.name, host, exc)
+                addresses.append(None)
+            else:
+                addresses.append((family, kind, proto, address))
+        return addresses
+
+    def connect(self, addresses: list[Address | None]) -> None:
+        """(Re)connect each upstream's socket to its resolved address (non-blocking)."""
+        for index, resolved in enumerate(addresses):
+            if resolved is None or resolved == self._addresses[index]:
+                continue
+            family, kind, proto, address = resolved
             sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            sock.connect(address)
+            try:
+                sock.setblocking(False)
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                log.warning("statsd relay %s: cannot use %s: %s", self.name, address, exc)
+                continue
+            old = self._sockets[index]
             self._sockets[index] = sock
-        return sock
+            self._addresses[index] = resolved
+            if old is not None:
+                old.close()
 
     def relay(self, data: bytes) -> None:
         """Queue every line of one datagram for its upstream (the receive path: cheap)."""
@@ -145,8 +173,11 @@ class StatsdRelay:
         buffer.clear()
         self._lines[index] = 0
         counters = self.counters
+        sock = self._sockets[index]
         try:
-            self._socket(index).send(payload)
+            if sock is None:
+                raise OSError(f"{self.config.endpoints[index][0]} is not resolved")
+            sock.send(payload)
         except OSError as exc:
             counters.dropped_points["send_error"] += count
             counters.send_failures += 1
@@ -165,10 +196,15 @@ class StatsdRelay:
         return max(0.0, self._clock() - self._since) if self._since is not None else 0.0
 
     async def run(self) -> None:
-        """Send the buffers every FLUSH_SECONDS (the supervised task)."""
+        """Send the buffers every FLUSH_SECONDS, and look the upstreams up again every
+        RESOLVE_SECONDS (DNS answers change: a rescheduled aggregator pod gets a new address)."""
+        next_resolve = trio.current_time() + RESOLVE_SECONDS
         while True:
             await trio.sleep(FLUSH_SECONDS)
             self.flush()
+            if trio.current_time() >= next_resolve:
+                next_resolve = trio.current_time() + RESOLVE_SECONDS
+                self.connect(await trio.to_thread.run_sync(self.resolve))
 
     def problems(self) -> list[str]:
         return []  # UDP: no acknowledgement, so "behind" cannot be known; see /metrics

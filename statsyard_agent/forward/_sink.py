@@ -37,8 +37,7 @@ class Backoff:
     """Capped exponential backoff with "equal jitter": the n-th delay is uniform in
     ``[d/2, d]`` where ``d = min(initial * 2**n, maximum)``."""
 
-    def __init__(self, initial: float, maximum: float,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, initial: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
         self.initial = initial
         self.maximum = maximum
         self._rng = rng
@@ -77,9 +76,16 @@ class BatchSink:
 
     DROP_REASONS = ("spool_full", "queue_full", "rejected", "unencodable")
 
-    def __init__(self, config: SinkConfig, spool: Spool, encoder: Encoder, transport: Transport,
-                 *, clock: Callable[[], float] = time.time,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        config: SinkConfig,
+        spool: Spool,
+        encoder: Encoder,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.config = config
         self.spool = spool
         self.encoder = encoder
@@ -130,8 +136,7 @@ class BatchSink:
         while True:
             self.wakeup = trio.Event()
             try:
-                chunk = await trio.to_thread.run_sync(self.spool.read,
-                                                      self.config.max_points_per_send)
+                chunk = await trio.to_thread.run_sync(self.spool.read, self.config.max_points_per_send)
             except SpoolError as exc:
                 self._failed(None, str(exc))
                 await trio.sleep(self._backoff.next())
@@ -147,8 +152,13 @@ class BatchSink:
                 retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
                     delay = min(max(delay, retry_after), self.config.backoff_max)
-                log.warning("sink %s: %s; %d points wait in the spool, retrying in %.2f s",
-                            self.name, exc, self.spool.pending_points, delay)
+                log.warning(
+                    "sink %s: %s; %d points wait in the spool, retrying in %.2f s",
+                    self.name,
+                    exc,
+                    self.spool.pending_points,
+                    delay,
+                )
                 await trio.sleep(delay)
             else:
                 self._backoff.reset()
@@ -170,8 +180,7 @@ class BatchSink:
             except RejectedError as exc:
                 counters.dropped_points["rejected"] += chunk.points
                 counters.last_error = str(exc)
-                log.error("sink %s: %d points rejected, dropping them: %s", self.name,
-                          chunk.points, exc)
+                log.error("sink %s: %d points rejected, dropping them: %s", self.name, chunk.points, exc)
             else:
                 counters.sent_points += chunk.points
                 counters.consecutive_failures = 0
@@ -198,15 +207,18 @@ class BatchSink:
             return
         with trio.move_on_after(self.config.shutdown_grace):
             while True:
-                chunk = await trio.to_thread.run_sync(self.spool.read,
-                                                      self.config.max_points_per_send)
+                chunk = await trio.to_thread.run_sync(self.spool.read, self.config.max_points_per_send)
                 if chunk is None:
                     return
                 try:
                     await self.deliver(chunk)
                 except (SendError, SpoolError) as exc:
-                    log.warning("sink %s: %d points stay spooled for the next start: %s",
-                                self.name, self.spool.pending_points, exc)
+                    log.warning(
+                        "sink %s: %d points stay spooled for the next start: %s",
+                        self.name,
+                        self.spool.pending_points,
+                        exc,
+                    )
                     return
 
     # --- health --------------------------------------------------------------------------
@@ -214,9 +226,11 @@ class BatchSink:
     def problems(self) -> list[str]:
         lag = self.lag_seconds()
         if self.config.max_lag and lag > self.config.max_lag:
-            return [f"forward sink {self.name} is {lag:.0f} s behind (over max_lag "
-                    f"{self.config.max_lag:g} s; {self.spool.pending_points} points spooled): "
-                    f"{self.counters.last_error or 'sending'}"]
+            return [
+                f"forward sink {self.name} is {lag:.0f} s behind (over max_lag "
+                f"{self.config.max_lag:g} s; {self.spool.pending_points} points spooled): "
+                f"{self.counters.last_error or 'sending'}"
+            ]
         return []
 
     def health(self) -> dict[str, object]:

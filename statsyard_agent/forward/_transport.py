@@ -90,8 +90,9 @@ class GraphiteTransport:
 class RemoteWriteTransport:
     """Prometheus remote write 1.0 over HTTP/1.1 (h11), one request per chunk."""
 
-    def __init__(self, host: str, port: int, path: str, timeout: float,
-                 headers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, timeout: float, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.host = host
         self.port = port
         self.path = path
@@ -131,8 +132,9 @@ class RemoteWriteTransport:
         stream = await trio.open_tcp_stream(self.host, self.port)
         try:
             conn = h11.Connection(h11.CLIENT)
-            data = conn.send(h11.Request(method="POST", target=self.path,
-                                         headers=self.request_headers(len(body))))
+            data = conn.send(
+                h11.Request(method="POST", target=self.path, headers=self.request_headers(len(body)))
+            )
             data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
             await stream.send_all(data)
             status = 0
@@ -144,8 +146,7 @@ class RemoteWriteTransport:
                     conn.receive_data(await stream.receive_some(_RECEIVE))
                 elif isinstance(event, h11.Response):
                     status = event.status_code
-                    headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                               for k, v in event.headers}
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
                 elif isinstance(event, h11.Data):
                     text += event.data[: max(0, _ERROR_BODY_BYTES - len(text))]
                 elif isinstance(event, h11.EndOfMessage):

@@ -1,0 +1,196 @@
+"""A receive worker process: reads one ``SO_REUSEPORT`` UDP socket, pre-aggregates, ships partials.
+
+Started by :mod:`statsyard_agent._workers` as ``python -m statsyard_agent._receiver UDP_FD CTRL_FD
+LIVE_FD``; the three descriptors are inherited:
+
+* ``UDP_FD``: the agent's UDP socket for this worker (owned by the agent, so datagrams queue in
+  the kernel while a worker restarts, and a new worker reads the same queue);
+* ``CTRL_FD``: a stream socket to the agent. The agent first sends one frame with the parser
+  configuration and the series cap; the worker answers ``("ready", pid)``. Then the agent sends
+  one-byte commands: ``S`` (ship) is answered with one frame ``(report, partial)`` holding
+  everything aggregated since the previous ship; ``Q`` (quit) first reads every datagram already
+  queued on the socket, ships, and exits. End of file on it (the agent is gone) exits at once.
+* ``LIVE_FD``: a shared memory page where the worker keeps :data:`LIVE_FIELDS` running totals
+  (datagrams, bytes, lines) of what it has *received*, written before a batch is processed, so
+  the agent can count what a killed worker took with it (received minus shipped).
+
+A frame is an 8-byte little-endian length and a pickle. Both ends are this package, on one
+machine, over a socketpair nobody else holds.
+
+The loop waits in ``poll`` on both sockets and reads up to :data:`DRAIN_LIMIT` datagrams per
+wakeup with non-blocking ``recv_into`` (measured fastest here: see the README's performance
+section), then feeds them to a :class:`~statsyard_agent._ingest.PreAggregator`. SIGINT and SIGTERM
+are ignored: a terminal's Ctrl-C or systemd's SIGTERM to the whole group reaches the agent, which
+asks each worker to ship what it holds and quit.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._ingest import PreAggregator, SimpleCounts
+from ._protocol import Parser, ParserConfig
+
+FRAME_HEADER = struct.Struct("<Q")
+SHIP = b"S"
+QUIT = b"Q"
+#: datagrams, bytes, lines received (lines: newline-separated, a trailing newline not counted)
+LIVE_FIELDS = 3
+LIVE_BYTES = 8 * LIVE_FIELDS
+DRAIN_LIMIT = 512
+MAX_DATAGRAM = 65535
+
+
+def send_frame(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(FRAME_HEADER.pack(len(payload)) + payload)
+
+
+def receive_frame(sock: socket.socket) -> bytes | None:
+    """One frame from a blocking socket; None at end of file."""
+    header = _receive_exactly(sock, FRAME_HEADER.size)
+    if header is None:
+        return None
+    return _receive_exactly(sock, FRAME_HEADER.unpack(header)[0])
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+def count_lines(datagram: bytes) -> int:
+    """Lines of a datagram as the live counters count them (not parsed: empty ones included)."""
+    if not datagram:
+        return 0
+    return datagram.count(b"\n") + (datagram[-1] != 10)
+
+
+class Receiver:
+    """The worker's state: its socket, its pre-aggregator, what it received and shipped."""
+
+    def __init__(self, sock: socket.socket, parser_config: ParserConfig, max_series: int,
+                 live: memoryview) -> None:
+        self._sock = sock
+        self._counts = SimpleCounts()
+        self._preagg = PreAggregator(Parser(parser_config), self._counts, max_series)
+        self._live = live
+        self._buffer = bytearray(MAX_DATAGRAM)
+        self._received = [0, 0, 0]
+        self._shipped = [0, 0, 0]
+        self._receive_errors = 0
+
+    def drain(self, limit: int = DRAIN_LIMIT) -> int:
+        """Read and pre-aggregate up to ``limit`` queued datagrams; return how many."""
+        recv_into = self._sock.recv_into
+        buffer = self._buffer
+        view = memoryview(buffer)
+        batch: list[bytes] = []
+        append = batch.append
+        for _ in range(limit):
+            try:
+                size = recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._receive_errors += 1
+                break
+            append(bytes(view[:size]))
+        if not batch:
+            return 0
+        received = self._received
+        received[0] += len(batch)
+        received[1] += sum(map(len, batch))
+        received[2] += sum(map(count_lines, batch))
+        live = self._live
+        live[0], live[1], live[2] = received
+        feed = self._preagg.feed
+        for datagram in batch:
+            feed(datagram)
+        return len(batch)
+
+    def ship(self) -> bytes:
+        """Everything since the previous ship, as one frame payload."""
+        counts = self._counts
+        received, shipped = self._received, self._shipped
+        report: dict[str, Any] = {
+            "packets": received[0] - shipped[0],
+            "bytes": received[1] - shipped[1],
+            "raw_lines": received[2] - shipped[2],
+            "lines": counts.lines,
+            "metrics": counts.metrics,
+            "events": counts.events,
+            "service_checks": counts.service_checks,
+            "parse_errors": dict(counts.parse_errors),
+            "receive_errors": self._receive_errors,
+        }
+        payload = pickle.dumps((report, self._preagg.take()), protocol=pickle.HIGHEST_PROTOCOL)
+        self._shipped = list(received)
+        counts.lines = counts.metrics = counts.events = counts.service_checks = 0
+        counts.parse_errors.clear()
+        self._receive_errors = 0
+        return payload
+
+    def serve(self, ctrl: socket.socket) -> None:
+        """Receive until the agent says quit (or goes away)."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(ctrl, select.POLLIN)
+        ctrl_fd = ctrl.fileno()
+        while True:
+            for fd, _ in poller.poll():
+                if fd != ctrl_fd:
+                    self.drain()
+                    continue
+                command = ctrl.recv(1)
+                if not command:
+                    return
+                if command == QUIT:
+                    while self.drain():
+                        pass
+                    send_frame(ctrl, self.ship())
+                    return
+                send_frame(ctrl, self.ship())
+
+
+def main(argv: Sequence[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    udp_fd, ctrl_fd, live_fd = (int(arg) for arg in argv)
+    sock = socket.socket(fileno=udp_fd)
+    sock.setblocking(False)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    ctrl.setblocking(True)
+    with mmap.mmap(live_fd, LIVE_BYTES) as shared:
+        os.close(live_fd)
+        live = memoryview(shared).cast("q")
+        try:
+            init = receive_frame(ctrl)
+            if init is None:
+                return 0
+            parser_config, max_series = pickle.loads(init)
+            receiver = Receiver(sock, parser_config, max_series, live)
+            send_frame(ctrl, pickle.dumps(("ready", os.getpid())))
+            receiver.serve(ctrl)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent went away; nothing is left to ship to
+        finally:
+            live.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,309 @@
+"""Receive worker processes: ``SO_REUSEPORT`` sockets read by supervised processes that ship
+partial aggregates to the agent (``[ingest] workers = N``).
+
+Why processes: the per-line work (parse, pre-aggregate) is Python, so one process tops out near
+one core; N worker processes on N sockets bound to the same port (the kernel spreads datagrams
+over them by a hash of the sender's address and port, so one client's lines stay in order on one
+worker) use N cores, and the agent's event loop no longer touches datagrams at all, so a flush
+never stalls reception. See the README's performance section for the measurements behind this.
+
+Ownership (the supervisor's state outlives the tasks): the sockets are opened by the app and
+stay open across worker restarts, so datagrams wait in the kernel while a worker restarts and the
+next worker reads them. Each worker is one supervised task (``ingest_worker_N``): it starts the
+process (:mod:`statsyard_agent._receiver`), asks it to ship every ``ship_interval`` seconds, merges
+what it ships into the aggregator, and raises when the process exits, so the supervisor restarts
+it with backoff like any other task. Before each flush, :meth:`IngestWorkers.collect` asks every
+worker to ship, so an interval holds what arrived before its end.
+
+Loss accounting: a worker writes what it has received into shared memory before it processes it.
+When a worker dies (killed, crashed, or stopped answering within ``ship_timeout`` and killed), the
+datagrams and lines it received but had not shipped are added to
+``statsyard_ingest_worker_lost_datagrams_total`` / ``..._lines_total``. Nothing else is at risk.
+
+At shutdown each worker is asked to read what is queued on its socket, ship everything and exit;
+the app then drains the sockets once more itself before the final flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._config import Address, AgentConfig, IngestConfig
+from ._exceptions import StatsyardError
+from ._receiver import FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
+from ._state import AgentState
+from ._udp import open_udp_socket
+
+log = logging.getLogger(__name__)
+
+#: Seconds a new worker has to import and answer "ready".
+STARTUP_TIMEOUT = 60.0
+#: Seconds a worker has to exit after its final ship at shutdown.
+QUIT_TIMEOUT = 10.0
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class IngestWorkerError(StatsyardError):
+    """An ingest worker process exited or could not be started (the supervisor restarts it)."""
+
+
+def open_ingest_sockets(address: Address, rcvbuf: int, workers: int) -> tuple[list[socket.socket], int]:
+    """``workers`` UDP sockets bound to one address with ``SO_REUSEPORT`` (port 0: the first
+    socket's port); return them and the ``SO_RCVBUF`` granted to each.
+
+    Raises OSError like a plain bind, and also when some other socket already shares the port
+    through ``SO_REUSEPORT`` (a second agent would silently take part of the traffic).
+    """
+    first, granted = open_udp_socket(address, rcvbuf, reuseport=True)
+    socks = [first]
+    try:
+        port = first.getsockname()[1]
+        for _ in range(workers - 1):
+            sock = socket.socket(first.family, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((address.host, port))
+            sock.setblocking(False)
+        others = _other_sockets_on_port(port, socks)
+        if others:
+            raise OSError(f"[Errno 98] Address in use: {others} other socket(s) share port {port} "
+                          f"through SO_REUSEPORT (another agent?)")
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks, granted
+
+
+def _other_sockets_on_port(port: int, ours: Sequence[socket.socket],
+                           proc_net: Path = Path("/proc/net")) -> int:
+    """UDP sockets bound to ``port`` in this network namespace that are not ``ours``."""
+    inodes = {str(os.fstat(sock.fileno()).st_ino) for sock in ours}
+    others = 0
+    for name in ("udp", "udp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 10 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                others += fields[9] not in inodes
+    return others
+
+
+@dataclass(eq=False)
+class WorkerSlot:
+    """One worker's place: its socket and shared counters (both outlive the processes)."""
+
+    index: int
+    sock: socket.socket
+    live_fd: int
+    live_map: mmap.mmap
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    process: trio.Process | None = None
+    ctrl: trio.SocketStream | None = None
+    #: datagrams, bytes, lines shipped by the current process (compare with the live counters)
+    shipped: list[int] = field(default_factory=lambda: [0, 0, 0])
+    starts: int = 0
+
+    def received(self) -> list[int]:
+        """What the current process has received: datagrams, bytes, lines."""
+        view = memoryview(self.live_map).cast("q")
+        try:
+            return list(view)
+        finally:
+            view.release()
+
+    def reset_live(self) -> None:
+        self.live_map[:] = bytes(LIVE_BYTES)
+        self.shipped = [0, 0, 0]
+
+
+class IngestWorkers:
+    """The worker processes of one agent and their sockets (see the module docstring)."""
+
+    def __init__(self, state: AgentState, socks: Sequence[socket.socket], config: IngestConfig) -> None:
+        self._state = state
+        self._config = config
+        self.slots: list[WorkerSlot] = []
+        for index, sock in enumerate(socks):
+            live_fd = os.memfd_create(f"statsyard-ingest-{index}", 0)
+            os.ftruncate(live_fd, LIVE_BYTES)
+            self.slots.append(WorkerSlot(index, sock, live_fd, mmap.mmap(live_fd, LIVE_BYTES)))
+
+    def close(self) -> None:
+        """Release the shared counters (the sockets belong to the app)."""
+        for slot in self.slots:
+            slot.live_map.close()
+            os.close(slot.live_fd)
+
+    def pids(self) -> list[int | None]:
+        """The live workers' process ids, by slot (None while one is not running)."""
+        return [slot.process.pid if slot.process is not None and slot.ctrl is not None else None
+                for slot in self.slots]
+
+    async def collect(self) -> None:
+        """Ask every running worker to ship now, and merge what they send (before a flush)."""
+        for slot in self.slots:
+            await self._ship(slot, SHIP)
+
+    async def run(self, slot: WorkerSlot) -> None:
+        """The supervised task of one worker: start it, ship periodically; raise when it exits."""
+        slot.reset_live()
+        slot.starts += 1
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "statsyard_agent._receiver",
+                 str(slot.sock.fileno()), str(child.fileno()), str(slot.live_fd)],
+                pass_fds=(slot.sock.fileno(), child.fileno(), slot.live_fd),
+                stdin=subprocess.DEVNULL,
+                env=_child_environment(),
+            )
+        except OSError as exc:
+            parent.close()
+            raise IngestWorkerError(f"cannot start ingest worker {slot.index}: {exc}") from exc
+        finally:
+            child.close()
+        ctrl = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
+        slot.process = process
+        try:
+            init = pickle.dumps((self._state.config.parser, self._state.config.aggregator.max_series))
+            with trio.move_on_after(STARTUP_TIMEOUT):
+                await ctrl.send_all(FRAME_HEADER.pack(len(init)) + init)
+                ready = await _receive_frame(ctrl)
+                if ready is not None:
+                    slot.ctrl = ctrl
+            if slot.ctrl is None:
+                raise IngestWorkerError(f"ingest worker {slot.index} (pid {process.pid}) did not "
+                                        f"start within {STARTUP_TIMEOUT:g} s")
+            log.info("ingest worker %d started (pid %d)", slot.index, process.pid)
+            while True:
+                with trio.move_on_after(self._config.ship_interval):
+                    await process.wait()
+                if process.returncode is not None:
+                    raise IngestWorkerError(f"ingest worker {slot.index} (pid {process.pid}) exited "
+                                            f"with status {process.returncode}")
+                await self._ship(slot, SHIP)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop(slot, process, ctrl)
+
+    async def _stop(self, slot: WorkerSlot, process: trio.Process, ctrl: trio.SocketStream) -> None:
+        """Get the last partial of a live worker, make sure it is gone, count what it took."""
+        if process.returncode is None and slot.ctrl is not None:
+            await self._ship(slot, QUIT)
+            with trio.move_on_after(QUIT_TIMEOUT):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        slot.ctrl = None
+        slot.process = None
+        await ctrl.aclose()
+        lost = [max(0, got - sent) for got, sent in zip(slot.received(), slot.shipped, strict=True)]
+        if lost[0]:
+            ingest = self._state.ingest
+            ingest.packets += lost[0]
+            ingest.bytes += lost[1]
+            ingest.worker_lost_datagrams += lost[0]
+            ingest.worker_lost_lines += lost[2]
+            log.error("ingest worker %d (pid %d) ended before shipping %d datagrams (%d lines); "
+                      "they are lost and counted in statsyard_ingest_worker_lost_datagrams_total",
+                      slot.index, process.pid, lost[0], lost[2])
+        slot.reset_live()
+
+    async def _ship(self, slot: WorkerSlot, command: bytes) -> None:
+        """Send ``command`` (ship or quit) and merge the partial the worker answers with.
+
+        A worker that does not answer within ``ship_timeout`` is killed (its task restarts it).
+        The exchange is shielded: cancelling it halfway would leave half a frame on the stream.
+        """
+        async with slot.lock:
+            ctrl, process = slot.ctrl, slot.process
+            if ctrl is None or process is None:
+                return
+            frame: bytes | None = None
+            with trio.CancelScope(shield=True), trio.move_on_after(self._config.ship_timeout):
+                try:
+                    await ctrl.send_all(command)
+                    frame = await _receive_frame(ctrl)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    frame = None
+            if frame is None:
+                slot.ctrl = None
+                if process.returncode is None:
+                    log.error("ingest worker %d (pid %d) did not ship within %g s; killing it",
+                              slot.index, process.pid, self._config.ship_timeout)
+                    process.kill()
+                return
+            report, partial = pickle.loads(frame)
+            self._merge(slot, report, partial)
+
+    def _merge(self, slot: WorkerSlot, report: dict[str, Any], partial: Any) -> None:
+        state = self._state
+        state.aggregator.merge(partial)
+        ingest = state.ingest
+        ingest.packets += report["packets"]
+        ingest.bytes += report["bytes"]
+        ingest.lines += report["lines"]
+        ingest.metrics += report["metrics"]
+        ingest.events += report["events"]
+        ingest.service_checks += report["service_checks"]
+        ingest.receive_errors += report["receive_errors"]
+        ingest.parse_errors.update(report["parse_errors"])
+        shipped = slot.shipped
+        shipped[0] += report["packets"]
+        shipped[1] += report["bytes"]
+        shipped[2] += report["raw_lines"]
+
+
+async def _receive_frame(stream: trio.SocketStream) -> bytes | None:
+    header = await _receive_exactly(stream, FRAME_HEADER.size)
+    if header is None:
+        return None
+    return await _receive_exactly(stream, FRAME_HEADER.unpack(header)[0])
+
+
+async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _child_environment() -> dict[str, str]:
+    """The agent's environment, with this package importable whatever the child's sys.path."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + path if path else "")
+    return env
+
+
+def worker_count(config: AgentConfig) -> int:
+    """How many ingest workers to run: ``[ingest] workers``, or 0 when a StatsD relay is
+    configured (it needs every raw datagram on the event loop, where it runs)."""
+    workers = config.ingest.workers if config.udp is not None else 0
+    if workers and any(not sink.spooled for sink in config.forward):
+        log.warning("ingest.workers=%d ignored: the statsd:// relay forwards raw datagrams from "
+                    "the event loop, so UDP is received there", workers)
+        return 0
+    return workers

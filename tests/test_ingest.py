@@ -1,0 +1,233 @@
+"""The receive path's pre-aggregator and ``Aggregator.merge``: same series, same values, same
+counts as parsing every line and adding it to the aggregator."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from array import array
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from statsyard_agent._aggregate import Aggregator, AggregatorConfig, Partial, build_flush_batch
+from statsyard_agent._ingest import PreAggregator, SimpleCounts
+from statsyard_agent._protocol import Parser, ParserConfig
+from statsyard_agent._types import Event, FlushBatch, MetricKind
+
+Points = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def points(batch: FlushBatch) -> Points:
+    return dict(zip(zip(batch.names, batch.tags, strict=True), batch.values.tolist(), strict=True))
+
+
+def reference(datagrams: list[bytes], parser_config: ParserConfig = ParserConfig(),
+              config: AggregatorConfig = AggregatorConfig()) -> tuple[Points, SimpleCounts, Aggregator]:
+    """What the agent did before the pre-aggregator: parse_datagram, then add each item."""
+    parser, aggregator, counts = Parser(parser_config), Aggregator(config), SimpleCounts()
+    for datagram in datagrams:
+        result = parser.parse_datagram(datagram)
+        counts.lines += result.lines
+        counts.metrics += len(result.metrics)
+        counts.events += len(result.events)
+        counts.service_checks += len(result.service_checks)
+        for error in result.errors:
+            counts.parse_errors[error.reason] += 1
+        for metric in result.metrics:
+            aggregator.add(metric)
+        for event in result.events:
+            aggregator.add_event(event)
+        for check in result.service_checks:
+            aggregator.add_service_check(check)
+    return points(build_flush_batch(aggregator.take_snapshot(100, 10.0))), counts, aggregator
+
+
+def preaggregated(datagrams: list[bytes], parser_config: ParserConfig = ParserConfig(),
+                  config: AggregatorConfig = AggregatorConfig(), takes: int = 1,
+                  via_pickle: bool = False) -> tuple[Points, SimpleCounts, Aggregator]:
+    """The same through the pre-aggregator, merged ``takes`` times in the interval."""
+    counts, aggregator = SimpleCounts(), Aggregator(config)
+    preagg = PreAggregator(Parser(parser_config), counts, config.max_series)
+    every = max(1, math.ceil(len(datagrams) / takes))
+    for i, datagram in enumerate(datagrams):
+        preagg.feed(datagram)
+        if (i + 1) % every == 0:
+            partial = preagg.take()
+            aggregator.merge(pickle.loads(pickle.dumps(partial)) if via_pickle else partial)
+    aggregator.merge(preagg.take())
+    return points(build_flush_batch(aggregator.take_snapshot(100, 10.0))), counts, aggregator
+
+
+def same_counts(a: SimpleCounts, b: SimpleCounts) -> None:
+    assert (a.lines, a.metrics, a.events, a.service_checks) == (
+        b.lines, b.metrics, b.events, b.service_checks)
+    assert +a.parse_errors == +b.parse_errors
+
+
+def same_points(got: Points, want: Points) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == value or (math.isnan(got[key]) and math.isnan(value)), key
+
+
+# -- table: lines where the fast path must hand over to the parser ----------------------------
+
+EDGE_DATAGRAMS = [
+    b"a:1|c\na:2|c|@0.5\na:3|c|#x:y\na:4|c|#x:y",
+    b"a:1|c\r\na:2|c\r\n",  # CRLF lines: the tail keeps the \r, the parser strips it
+    b"\n\n\r\n",  # empty lines are not lines
+    b"a:1:2:3|ms\na:4|ms\na:5:6|c",  # packed values go to the parser
+    b"g:5|g\ng:+3|g\ng:-1|g\ng:1:+2:-4|g\ng:7|g\ng:+1|g",  # set, deltas, packed, set again
+    b"s:a|s\ns:b|s\ns:a:b|s\ns:|s\ns:\xff|s\ns:c|s",  # packed, empty and bad UTF-8 members
+    b"t:1|ms|@0.1\nt:2|ms\nt:3|ms|@0.1\nt:x|ms\nt:|ms\nt:1_0|ms\nt:nan|ms\nt:inf|ms",
+    b"h:1|h\nd:2|d|#a\nd:3|d|#a\nd:4|d|@0.25|#a",
+    b"a|b:1|c\na|b:2|c\nx:1|q\nx:1\nx|c\n:1|c\n.x:1|c",  # '|' in the name, bad type, no value
+    b"_e{5,4}:title|text|#a:b\n_sc|check|1|#a\n_e{5,4}:title|text|#a:b\n_sc|check|1|#a",
+    b"n:1|c|T1656581400\nn:2|c|T1656581400\nn:3|c|c:abc\nn:4|c|c:abc|#k",
+    b"my name/with*chars:1|c\nmy name/with*chars:2|c",  # Etsy sanitising
+    b"tagged;k=v;j=w:1|c\ntagged;k=v;j=w:5|c|#z",  # Graphite tags in the name
+    b"k:1|c|#b,a\nk:2|c|#a,b\nk:3|c|#a,b,a",  # tag order: one series
+    b"big:" + b"1" * 9000 + b"|c\nbig:1|c",  # longer than max_line_bytes
+    b"big:1|c\n" + b"x" * 9000,
+    b"r:1|c|@0\nr:1|c|@2\nr:1|c|@x\nr:1|c|@0.5",
+]
+
+
+@pytest.mark.parametrize("datagram", EDGE_DATAGRAMS)
+@pytest.mark.parametrize("takes", [1, 3])
+def test_edge_lines_match_the_parser_and_aggregator(datagram: bytes, takes: int) -> None:
+    datagrams = [datagram, datagram, datagram]  # the second and third time on the fast path
+    want, want_counts, _ = reference(datagrams)
+    got, got_counts, _ = preaggregated(datagrams, takes=takes)
+    same_counts(got_counts, want_counts)
+    same_points(got, want)
+
+
+@pytest.mark.parametrize("gauge_sign", ["delta", "set"])
+def test_gauge_sign_setting_is_honoured(gauge_sign: str) -> None:
+    config = ParserConfig(gauge_sign=gauge_sign)  # type: ignore[arg-type]
+    datagrams = [b"g:5|g\ng:+3|g", b"g:-1|g\nh:+2|g"]
+    want, _, _ = reference(datagrams, config)
+    got, _, _ = preaggregated(datagrams, config)
+    assert got == want
+    assert want[("stats.gauges.g", ())] == (7.0 if gauge_sign == "delta" else -1.0)
+
+
+def test_counter_arithmetic_is_etsys_exactly() -> None:
+    # 0.1 * (1 / 0.3) summed in order: the pre-aggregator must not re-associate it.
+    datagrams = [b"c:0.1|c|@0.3\nc:0.7|c|@0.3\nc:0.2|c"] * 7
+    want, _, _ = reference(datagrams)
+    got, _, _ = preaggregated(datagrams)
+    assert got[("stats.counters.c.count", ())] == want[("stats.counters.c.count", ())]
+
+
+def test_a_bad_value_never_opens_a_series() -> None:
+    counts, aggregator = SimpleCounts(), Aggregator(AggregatorConfig())
+    preagg = PreAggregator(Parser(), counts, 100)
+    preagg.feed(b"x:1|c\ny:5|g\nt:1|ms\ns:a|s")  # learn the specs
+    preagg.take()
+    preagg.feed(b"x:bad|c\ny:bad|g\nt:bad|ms\ns:|s")  # known series, bad values only
+    aggregator.merge(preagg.take())
+    assert aggregator.active_series == 0
+    assert counts.parse_errors == {"invalid_value": 3, "malformed_line": 1}
+
+
+# -- property: any bytes, same result ---------------------------------------------------------
+
+_names = st.sampled_from([b"a", b"b.c", b"x y", b"n;k=v", b"\xc3\xa9", b"a|b", b"_e{1,1}", b"_sc",
+                          b"", b".bad", b"d"])
+_values = st.sampled_from([b"1", b"0", b"-2", b"+3", b"2.5", b"0.25", b"1e3", b"1:2", b"+1:-1",
+                           b"", b"abc", b"nan", b"1_0", b" 1", b"\xff", b"m1", b"m2"])
+_types = st.sampled_from([b"c", b"g", b"ms", b"h", b"d", b"s", b"x", b""])
+_sections = st.lists(st.sampled_from([b"@0.5", b"@0.25", b"@1", b"@0", b"@x", b"#a:b,c", b"#c,a:b",
+                                      b"#", b"T12", b"Tx", b"c:id", b"e:x", b""]), max_size=3)
+
+
+@st.composite
+def _line(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.sampled_from([b"", b"\r", b"_e{1,1}:a|b", b"_sc|c|0", b"garbage", b"\xff\xfe"]))
+    line = draw(_names) + b":" + draw(_values) + b"|" + draw(_types)
+    for section in draw(_sections):
+        line += b"|" + section
+    return line + draw(st.sampled_from([b"", b"", b"\r"]))
+
+
+_datagrams = st.lists(st.lists(_line(), min_size=1, max_size=8).map(b"\n".join), min_size=1,
+                      max_size=12)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datagrams=_datagrams, takes=st.integers(1, 4), via_pickle=st.booleans())
+def test_any_traffic_gives_what_parse_and_add_give(datagrams: list[bytes], takes: int,
+                                                    via_pickle: bool) -> None:
+    want, want_counts, want_agg = reference(datagrams)
+    got, got_counts, got_agg = preaggregated(datagrams, takes=takes, via_pickle=via_pickle)
+    same_counts(got_counts, want_counts)
+    same_points(got, want)
+    assert got_agg.active_series == want_agg.active_series
+
+
+# -- merge ---------------------------------------------------------------------------------------
+
+
+def test_merge_folds_partials_into_existing_series() -> None:
+    aggregator = Aggregator(AggregatorConfig())
+    parser = Parser()
+    for metric in parser.parse_datagram(b"c:1|c\ng:10|g\nt:5|ms\ns:a|s").metrics:
+        aggregator.add(metric)
+    counts = SimpleCounts()
+    preagg = PreAggregator(Parser(), counts, 100)
+    preagg.feed(b"c:2|c\ng:+5|g\nt:7|ms|@0.5\ns:b|s\n_e{1,1}:a|b")
+    aggregator.merge(preagg.take())
+    got = points(build_flush_batch(aggregator.take_snapshot(100, 10.0)))
+    assert got[("stats.counters.c.count", ())] == 3.0
+    assert got[("stats.gauges.g", ())] == 15.0
+    assert got[("stats.timers.t.count", ())] == 3.0  # 1 sample at rate 1, 1 at rate 0.5
+    assert got[("stats.timers.t.upper", ())] == 7.0
+    assert got[("stats.sets.s.count", ())] == 2.0
+    assert got[("stats.events", (("alert_type", "info"),))] == 1.0
+
+
+def test_merge_respects_max_series_and_counts_refusals() -> None:
+    aggregator = Aggregator(AggregatorConfig(max_series=2))
+    partial = Partial(counters={("a", ()): 1.0, ("b", ()): 1.0, ("c", ()): 1.0},
+                      samples={(MetricKind.TIMER, ("t", ()), 1.0): array("d", [1.0, 2.0])},
+                      refused=4, refused_keys={("c", ("c", ())), ("g", ("x", ()))})
+    aggregator.merge(partial)
+    assert aggregator.active_series == 2
+    # c refused here and by the producer (counted once), t refused here, x by the producer
+    assert aggregator.rejected_series == 3
+    assert aggregator.rejected_metrics == 2 + 4
+    aggregator.merge(Partial(counters={("a", ()): 5.0}))  # existing series keep working
+    got = points(build_flush_batch(aggregator.take_snapshot(100, 10.0)))
+    assert got[("stats.counters.a.count", ())] == 6.0
+
+
+def test_preaggregator_caps_its_slots_per_interval() -> None:
+    counts = SimpleCounts()
+    preagg = PreAggregator(Parser(), counts, 3)
+    preagg.feed(b"\n".join(b"s%d:1|c" % i for i in range(10)))
+    preagg.feed(b"s0:1|c\ns9:1|c")
+    partial = preagg.take()
+    assert sorted(partial.counters) == [("s0", ()), ("s1", ()), ("s2", ())]
+    assert partial.counters[("s0", ())] == 2.0
+    assert partial.refused == 8
+    assert len(partial.refused_keys) == 3  # bounded by the cap too
+    assert counts.metrics == 12  # refused metrics were still parsed and counted
+    preagg.feed(b"s9:1|c")  # a new interval has room again
+    assert list(preagg.take().counters) == [("s9", ())]
+
+
+def test_take_hands_over_and_starts_empty() -> None:
+    preagg = PreAggregator(Parser(), SimpleCounts(), 100)
+    assert preagg.pending == 0
+    preagg.feed(b"a:1|c\n_e{1,1}:a|b")
+    assert preagg.pending == 2
+    partial = preagg.take()
+    assert len(partial) == 2 and partial.events == [Event("a", "b", "info", ())]
+    assert preagg.pending == 0
+    preagg.feed(b"a:1|c")  # the spec is still known: fast path into a fresh slot
+    assert preagg.take().counters == {("a", ()): 1.0}

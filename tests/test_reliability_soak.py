@@ -1,0 +1,81 @@
+"""A bounded soak of the real agent at a steady rate: memory flat, no file-descriptor growth,
+flushes aligned to the interval, and not one line lost.
+
+Default: a short run (8 s); ``pytest -m long``: 60 s. By hand, for hours::
+
+    STATSYARD_SOAK_SECONDS=7200 STATSYARD_SOAK_RATE=5000 pytest -m long -s \\
+        tests/test_reliability_soak.py
+
+prints the figures docs/reliability.md quotes (RSS slope, fd range, flush jitter).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .reliability import Sender, fd_count, ledger, recover_and_verify, rss_kib, scrape, wait_until
+from .test_agent_process import AgentProcess
+
+
+@pytest.mark.parametrize("seconds", [pytest.param(8.0, id="short"),
+                                     pytest.param(60.0, id="60s", marks=pytest.mark.long)])
+def test_soak(tmp_path: Path, seconds: float) -> None:
+    seconds = float(os.environ.get("STATSYARD_SOAK_SECONDS", seconds))
+    rate = float(os.environ.get("STATSYARD_SOAK_RATE", 1000))
+    data = tmp_path / "data"
+    started_wall = time.time()
+    agent = AgentProcess(data, "--flush-interval", "1")
+    pid = agent.proc.pid
+    try:
+        sender = Sender(agent.udp_port, "soak", rate=rate, lines=5, bulk=10, bulk_names=1000)
+        sender.start()
+        first = scrape(agent)["statsyard_flushes_total"]
+        begin = time.monotonic()
+        times, rss, fds, flush_stamps = [], [], [], set()
+        while (elapsed := time.monotonic() - begin) < seconds:
+            sample = scrape(agent)
+            if sample["statsyard_flushes_total"] > 0:  # before that: the start time
+                flush_stamps.add(sample["statsyard_last_flush_timestamp_seconds"])
+            times.append(elapsed)
+            rss.append(rss_kib(pid))
+            fds.append(fd_count(pid))
+            time.sleep(0.2)
+        flushes = scrape(agent)["statsyard_flushes_total"] - first
+        sent = sender.stop()
+        wait_until(lambda: scrape(agent)["statsyard_udp_packets_received_total"]
+                   >= sender.datagrams, 30, "every datagram read")
+        agent.proc.terminate()
+        assert agent.wait(60) == 0, "".join(agent.log)
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.wait(30)
+
+    # Not one line lost, nothing counted twice.
+    recover_and_verify(data)
+    book = ledger(data, "soak", since=started_wall)
+    book.check_consistent()
+    assert book.gaps() == []
+    assert book.stored == book.last_total == sent
+
+    # Flushes: one per second of the run, each at its boundary (the flusher wakes on it; the
+    # stamp is the boundary itself, or the wall clock when the wake-up came late).
+    assert abs(flushes - seconds) <= 2, (flushes, seconds)
+    late_ms = np.array([(stamp - np.floor(stamp)) * 1000 for stamp in flush_stamps])
+    assert (late_ms < 500).all(), sorted(late_ms)[-5:]  # never slipped half an interval
+
+    # Memory and descriptors after the warm-up (the first third).
+    t, r, f = np.array(times), np.array(rss) / 1024, np.array(fds)
+    warm = t >= seconds / 3
+    slope = np.polyfit(t[warm], r[warm], 1)[0] * 60  # MiB per minute
+    assert r[warm].max() - r[warm][0] < 16, r  # flat, not creeping
+    assert f[warm].max() - f[warm].min() <= 4, f  # an HTTP scrape or two in flight at most
+    print(f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
+          f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
+          f"{flushes:g} flushes, lateness p50 {np.percentile(late_ms, 50):.1f} ms, p99 "
+          f"{np.percentile(late_ms, 99):.1f} ms, max {late_ms.max():.1f} ms; lost 0")
