@@ -54,6 +54,7 @@ class AgentHandle:
     http_address: tuple[str, int] | None
     _stop: trio.Event = field(default_factory=trio.Event)
     unix: UnixListener | None = None
+    workers: IngestWorkers | None = None
 
     async def flush(self, now: float | None = None) -> None:
         """Flush the open interval at ``now`` (default: the wall clock), then wait until every
@@ -154,6 +155,7 @@ async def run_agent(
             http_address=http_sock.getsockname()[:2] if http_sock else None,
             _stop=stop,
             unix=unix,
+            workers=workers,
         )
 
         async with trio.open_nursery() as outer:

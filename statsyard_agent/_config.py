@@ -403,8 +403,10 @@ def _unix_config(values: Mapping[str, Any]) -> UnixConfig:
     path = None
     raw = _string(values.get("unix", ""), "unix")
     if raw:
-        if raw.startswith("@") or "\0" in raw:
-            raise ConfigError("unix", "abstract sockets are not supported; give a file path")
+        if raw.startswith("@"):
+            raise ConfigError("unix", "abstract sockets (@name) are not supported; give a file path")
+        if "\0" in raw:
+            raise ConfigError("unix", "the path must not contain a NUL byte")
         if len(raw.encode()) > MAX_UNIX_PATH_BYTES:
             raise ConfigError("unix", f"{raw!r} is longer than {MAX_UNIX_PATH_BYTES} bytes, the "
                                       "kernel's limit for socket paths; choose a shorter path")

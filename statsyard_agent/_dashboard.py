@@ -31,15 +31,21 @@ from .storage import Glob
 
 Route = Callable[[Request], Awaitable[Response | None]]
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 _SECURITY_HEADERS = (
     ("Content-Security-Policy", CSP),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 )
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 #: Seconds of ingest counters kept to compute rates.
 _RATE_WINDOW = 60.0
 
@@ -71,8 +77,12 @@ class _Rates:
         if now - then < 1.0:  # too recent to be a rate: the average since the agent started
             then, l0, p0, m0 = started, 0, 0, 0
         span = max(now - then, 1e-3)
-        return {"lines_per_second": (lines - l0) / span, "packets_per_second": (packets - p0) / span,
-                "metrics_per_second": (metrics - m0) / span, "window_seconds": span}
+        return {
+            "lines_per_second": (lines - l0) / span,
+            "packets_per_second": (packets - p0) / span,
+            "metrics_per_second": (metrics - m0) / span,
+            "window_seconds": span,
+        }
 
 
 def _samples(registry: CollectorRegistry) -> dict[str, float]:
@@ -84,8 +94,9 @@ def _samples(registry: CollectorRegistry) -> dict[str, float]:
     return out
 
 
-def dashboard_health(state: AgentState, supervisor: Supervisor, registry: CollectorRegistry,
-                     rates: _Rates, started: float) -> dict[str, object]:
+def dashboard_health(
+    state: AgentState, supervisor: Supervisor, registry: CollectorRegistry, rates: _Rates, started: float
+) -> dict[str, object]:
     """What the health panel shows (JSON-ready)."""
     healthy, report = health_report(state, supervisor)
     samples = _samples(registry)
@@ -93,17 +104,23 @@ def dashboard_health(state: AgentState, supervisor: Supervisor, registry: Collec
     now = time.time()
     flushes = samples.get("statsyard_flush_duration_seconds_count", 0.0)
     writes = samples.get("statsyard_write_duration_seconds_count", 0.0)
-    tasks = {name: {"state": child.state, "restarts": child.restarts}
-             for name, child in sorted(supervisor.children.items())}
+    tasks = {
+        name: {"state": child.state, "restarts": child.restarts}
+        for name, child in sorted(supervisor.children.items())
+    }
     return {
         "version": __version__,
         "status": report["status"],
         "problems": report["problems"],
         "now": now,
         "uptime_seconds": now - started,
-        "ingest": {"packets": ingest.packets, "lines": ingest.lines, "metrics": ingest.metrics,
-                   "bytes": ingest.bytes,
-                   **rates.rates(now, ingest.lines, ingest.packets, ingest.metrics, started)},
+        "ingest": {
+            "packets": ingest.packets,
+            "lines": ingest.lines,
+            "metrics": ingest.metrics,
+            "bytes": ingest.bytes,
+            **rates.rates(now, ingest.lines, ingest.packets, ingest.metrics, started),
+        },
         "errors": {
             "parse_errors": sum(ingest.parse_errors.values()),
             "parse_errors_by_reason": dict(sorted(ingest.parse_errors.items())),
@@ -115,9 +132,11 @@ def dashboard_health(state: AgentState, supervisor: Supervisor, registry: Collec
         "flush": {
             "flushes": state.flushes,
             "average_seconds": samples.get("statsyard_flush_duration_seconds_sum", 0.0) / flushes
-            if flushes else None,
+            if flushes
+            else None,
             "write_average_seconds": samples.get("statsyard_write_duration_seconds_sum", 0.0) / writes
-            if writes else None,
+            if writes
+            else None,
             "last_unix": state.last_flush_unix,
             "interval_seconds": state.config.flush_interval,
         },
@@ -143,8 +162,9 @@ def search_names(names: list[str], query: str, limit: int) -> tuple[list[str], i
     return found[:limit], len(found)
 
 
-def make_dashboard_routes(state: AgentState, supervisor: Supervisor, registry: CollectorRegistry,
-                          pool: ReaderPool) -> Route:
+def make_dashboard_routes(
+    state: AgentState, supervisor: Supervisor, registry: CollectorRegistry, pool: ReaderPool
+) -> Route:
     """``/``, ``/static/<file>``, ``/dashboard/health`` and ``/dashboard/search``."""
     files = load_web_files()
     started = time.time()
@@ -152,8 +172,7 @@ def make_dashboard_routes(state: AgentState, supervisor: Supervisor, registry: C
 
     def page(name: str) -> Response:
         body, content_type = files[name]
-        return Response(200, body, content_type,
-                        headers=(*_SECURITY_HEADERS, ("Cache-Control", "no-cache")))
+        return Response(200, body, content_type, headers=(*_SECURITY_HEADERS, ("Cache-Control", "no-cache")))
 
     async def route(request: Request) -> Response | None:
         path = request.path
@@ -169,8 +188,9 @@ def make_dashboard_routes(state: AgentState, supervisor: Supervisor, registry: C
             return page(name) if name in files else Response.text(404, f"no such file: {name}\n")
         if path == "/dashboard/health":
             body = dashboard_health(state, supervisor, registry, rates, started)
-            return Response(200, json.dumps(body).encode(), "application/json",
-                            headers=(("Cache-Control", "no-cache"),))
+            return Response(
+                200, json.dumps(body).encode(), "application/json", headers=(("Cache-Control", "no-cache"),)
+            )
         return await _search(request)
 
     async def _search(request: Request) -> Response:
@@ -187,7 +207,11 @@ def make_dashboard_routes(state: AgentState, supervisor: Supervisor, registry: C
             return Response.text(400, f"{exc}\n")
         except StorageError as exc:
             return Response.text(500, f"storage error: {exc}\n")
-        return Response(200, json.dumps({"results": found, "total": total}).encode(), "application/json",
-                        headers=(("Cache-Control", "no-cache"),))
+        return Response(
+            200,
+            json.dumps({"results": found, "total": total}).encode(),
+            "application/json",
+            headers=(("Cache-Control", "no-cache"),),
+        )
 
     return route

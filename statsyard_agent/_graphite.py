@@ -193,11 +193,13 @@ class _Budget:
         if self.series > self.max_series:
             raise LimitExceeded(
                 f"the request selects {self.series} series, more than the {self.max_series} "
-                "allowed per request ([graphite] max_series); use a narrower pattern")
+                "allowed per request ([graphite] max_series); use a narrower pattern"
+            )
         if self.points > self.max_points:
             raise LimitExceeded(
                 f"the request needs {self.points} points, more than the {self.max_points} allowed "
-                "per request ([graphite] max_points); shorten the range or lower maxDataPoints")
+                "per request ([graphite] max_points); shorten the range or lower maxDataPoints"
+            )
 
 
 class ReaderFetcher:
@@ -209,18 +211,26 @@ class ReaderFetcher:
         self._now = now
         self._budget = _Budget(config.max_series, config.max_points)
 
-    def _query(self, pattern: str, start: int, end: int, tags: dict[str, str] | None,
-               max_points: int | None) -> list[SeriesData]:
+    def _query(
+        self, pattern: str, start: int, end: int, tags: dict[str, str] | None, max_points: int | None
+    ) -> list[SeriesData]:
         try:
             found = self._reader.query(
-                pattern, start, end, tags=tags or None, max_points=max_points,
-                max_series=self._budget.series_left, max_total_points=self._budget.points_left,
+                pattern,
+                start,
+                end,
+                tags=tags or None,
+                max_points=max_points,
+                max_series=self._budget.series_left,
+                max_total_points=self._budget.points_left,
                 now=self._now,
             )
         except QueryError as exc:
             if "(limit " in str(exc):
-                raise LimitExceeded(f"{exc}: narrow the pattern, shorten the range or lower "
-                                    "maxDataPoints ([graphite] max_series / max_points)") from None
+                raise LimitExceeded(
+                    f"{exc}: narrow the pattern, shorten the range or lower "
+                    "maxDataPoints ([graphite] max_series / max_points)"
+                ) from None
             raise
         self._budget.take(found)
         return found
@@ -230,8 +240,9 @@ class ReaderFetcher:
         found = self._query(pattern, start, end, tags, max_points)
         return [_to_series(s, path) for s in found]
 
-    def fetch_tagged(self, expressions: Sequence[TagExpression], start: int, end: int,
-                     max_points: int | None) -> list[Series]:
+    def fetch_tagged(
+        self, expressions: Sequence[TagExpression], start: int, end: int, max_points: int | None
+    ) -> list[Series]:
         _, keys = all_series(self._reader)
         wanted: dict[str, set[tuple[tuple[str, str], ...]]] = {}
         for key in keys:
@@ -283,12 +294,22 @@ def render_json(series_list: Iterable[Series], *, no_null_points: bool = False) 
     parts = []
     for s in series_list:
         stamps = range(s.start, s.end, s.step)
-        points = [f"[{_json_number(v)},{t}]" for v, t in zip(s.values.tolist(), stamps, strict=False)
-                  if not (no_null_points and math.isnan(v))]
+        points = [
+            f"[{_json_number(v)},{t}]"
+            for v, t in zip(s.values.tolist(), stamps, strict=False)
+            if not (no_null_points and math.isnan(v))
+        ]
         if no_null_points and not points:
             continue
-        parts.append('{"target":' + json.dumps(s.name) + ',"tags":' + json.dumps(s.tags, sort_keys=True)
-                     + ',"datapoints":[' + ",".join(points) + "]}")
+        parts.append(
+            '{"target":'
+            + json.dumps(s.name)
+            + ',"tags":'
+            + json.dumps(s.tags, sort_keys=True)
+            + ',"datapoints":['
+            + ",".join(points)
+            + "]}"
+        )
     return ("[" + ",".join(parts) + "]").encode()
 
 
@@ -352,8 +373,9 @@ def parse_render_request(request: Request, now: int) -> RenderRequest:
     if fmt == "svg" and max_points is None:
         max_points = width
     no_nulls = (request.param("noNullPoints") or "").lower() in ("1", "true")
-    return RenderRequest(targets, start, end, now, fmt, max_points, no_nulls, width, height,
-                         request.param("title") or "")
+    return RenderRequest(
+        targets, start, end, now, fmt, max_points, no_nulls, width, height, request.param("title") or ""
+    )
 
 
 def run_render(reader: Reader, req: RenderRequest, config: GraphiteConfig) -> list[Series]:
@@ -370,10 +392,15 @@ def _encode(series_list: list[Series], req: RenderRequest) -> Response:
     if req.format == "csv":
         return Response(200, render_csv(series_list), "text/csv; charset=utf-8")
     if req.format == "svg":
-        svg = render_svg(series_list, width=req.width, height=req.height, start=req.start,
-                         end=req.end, title=req.title)
-        return Response(200, svg.encode(), "image/svg+xml; charset=utf-8",
-                        headers=(("X-Content-Type-Options", "nosniff"),))
+        svg = render_svg(
+            series_list, width=req.width, height=req.height, start=req.start, end=req.end, title=req.title
+        )
+        return Response(
+            200,
+            svg.encode(),
+            "image/svg+xml; charset=utf-8",
+            headers=(("X-Content-Type-Options", "nosniff"),),
+        )
     return Response(200, render_json(series_list, no_null_points=req.no_null_points), _JSON)
 
 
@@ -415,8 +442,10 @@ def find_nodes(names: Sequence[str], query: str, *, limit: int) -> list[Node]:
             flags = found.setdefault(path, [False, False])
             flags[0 if is_leaf else 1] = True
             if len(found) > limit:
-                raise LimitExceeded(f"{query!r} matches more than {limit} nodes "
-                                    "([graphite] max_find_results); use a narrower pattern")
+                raise LimitExceeded(
+                    f"{query!r} matches more than {limit} nodes "
+                    "([graphite] max_find_results); use a narrower pattern"
+                )
         # Every longer name under the same branch sorts right after it: skip them at once.
         i = i + 1 if is_leaf else bisect.bisect_left(names, path + "/", i + 1)
     return [Node(path, leaf, branch) for path, (leaf, branch) in sorted(found.items())]
@@ -432,16 +461,18 @@ def tree_json(nodes: Sequence[Node], query: str, *, wildcards: bool) -> list[dic
     if len(nodes) > 1 and wildcards:
         results.append({"text": "*", "id": base + "*", **(branch if any(n.branch for n in nodes) else leaf)})
     branches = [{"text": n.name, "id": base + n.name, "context": {}, **branch} for n in nodes if n.branch]
-    leaves = [{"text": n.name, "id": base + n.name, "context": {}, **leaf}
-              for n in nodes if n.leaf and not n.branch]
+    leaves = [
+        {"text": n.name, "id": base + n.name, "context": {}, **leaf} for n in nodes if n.leaf and not n.branch
+    ]
     return results + branches + leaves
 
 
 def completer_json(nodes: Sequence[Node]) -> dict[str, object]:
     metrics = []
     for n in nodes:
-        metrics.append({"path": n.path + ("." if n.branch else ""), "name": n.name,
-                        "is_leaf": "0" if n.branch else "1"})
+        metrics.append(
+            {"path": n.path + ("." if n.branch else ""), "name": n.name, "is_leaf": "0" if n.branch else "1"}
+        )
     return {"metrics": metrics}
 
 
@@ -476,11 +507,13 @@ def tags_list(keys: Sequence[SeriesKey], pattern: re.Pattern[str] | None, limit:
     return [{"tag": t} for t in names if pattern is None or pattern.search(t)][:limit]
 
 
-def tag_values(keys: Sequence[SeriesKey], tag: str, pattern: re.Pattern[str] | None,
-               limit: int) -> dict[str, object]:
+def tag_values(
+    keys: Sequence[SeriesKey], tag: str, pattern: re.Pattern[str] | None, limit: int
+) -> dict[str, object]:
     counts = Counter(tags[tag] for tags in _tag_dicts(keys) if tag in tags)
-    values = [{"count": counts[v], "value": v} for v in sorted(counts)
-              if pattern is None or pattern.search(v)][:limit]
+    values = [
+        {"count": counts[v], "value": v} for v in sorted(counts) if pattern is None or pattern.search(v)
+    ][:limit]
     return {"tag": tag, "values": values}
 
 
@@ -491,8 +524,9 @@ def autocomplete_tags(keys: Sequence[SeriesKey], exprs: Sequence[str], prefix: s
     return names[:limit]
 
 
-def autocomplete_values(keys: Sequence[SeriesKey], exprs: Sequence[str], tag: str, prefix: str,
-                        limit: int) -> list[str]:
+def autocomplete_values(
+    keys: Sequence[SeriesKey], exprs: Sequence[str], tag: str, prefix: str, limit: int
+) -> list[str]:
     candidates = _filtered(keys, exprs) if exprs else _tag_dicts(keys)
     values = sorted({t[tag] for t in candidates if tag in t and t[tag].startswith(prefix)})
     return values[:limit]
@@ -502,8 +536,7 @@ def autocomplete_values(keys: Sequence[SeriesKey], exprs: Sequence[str], tag: st
 
 
 def _json_response(value: object, status: int = 200) -> Response:
-    return Response(status, json.dumps(value).encode(), _JSON,
-                    headers=(("Cache-Control", "no-cache"),))
+    return Response(status, json.dumps(value).encode(), _JSON, headers=(("Cache-Control", "no-cache"),))
 
 
 def _error(exc: Exception) -> Response:
@@ -515,8 +548,16 @@ def _error(exc: Exception) -> Response:
     return Response.text(500, f"storage error: {exc}\n")
 
 
-_PATHS = ("/render", "/metrics/find", "/metrics/expand", "/metrics/index.json", "/tags", "/functions",
-          "/version", "/events/get_data")
+_PATHS = (
+    "/render",
+    "/metrics/find",
+    "/metrics/expand",
+    "/metrics/index.json",
+    "/tags",
+    "/functions",
+    "/version",
+    "/events/get_data",
+)
 
 
 def make_graphite_routes(pool: ReaderPool, config: GraphiteConfig) -> Route:
@@ -568,8 +609,9 @@ def make_graphite_routes(pool: ReaderPool, config: GraphiteConfig) -> Route:
         if fmt not in ("treejson", "completer", "json"):
             raise QueryError(f"format {fmt!r} is not supported (treejson or completer)")
         wildcards = (request.param("wildcards") or "0") not in ("0", "false", "")
-        nodes = await pool.run(lambda reader: find_nodes(all_series(reader)[0], query,
-                                                         limit=config.max_find_results))
+        nodes = await pool.run(
+            lambda reader: find_nodes(all_series(reader)[0], query, limit=config.max_find_results)
+        )
         if fmt == "completer":
             return _json_response(completer_json(nodes))
         return _json_response(tree_json(nodes, query, wildcards=wildcards))
@@ -583,8 +625,14 @@ def make_graphite_routes(pool: ReaderPool, config: GraphiteConfig) -> Route:
 
         def work(reader: Reader) -> dict[str, list[str]]:
             names = all_series(reader)[0]
-            return {q: sorted(n.path for n in find_nodes(names, q, limit=config.max_find_results)
-                              if n.leaf or not leaves_only) for q in queries}
+            return {
+                q: sorted(
+                    n.path
+                    for n in find_nodes(names, q, limit=config.max_find_results)
+                    if n.leaf or not leaves_only
+                )
+                for q in queries
+            }
 
         found = await pool.run(work)
         if group:
@@ -605,8 +653,9 @@ def make_graphite_routes(pool: ReaderPool, config: GraphiteConfig) -> Route:
             tag = request.param("tag")
             if not tag:
                 raise QueryError("missing required parameter 'tag'")
-            return _json_response(autocomplete_values(keys, exprs, tag, request.param("valuePrefix") or "",
-                                                      limit))
+            return _json_response(
+                autocomplete_values(keys, exprs, tag, request.param("valuePrefix") or "", limit)
+            )
         tag = path.removeprefix("/tags/")
         if "/" in tag or tag in ("tagSeries", "tagMultiSeries", "delSeries", "findSeries"):
             return Response.text(404, f"{path} is not supported (tags come from the StatsD lines)\n")

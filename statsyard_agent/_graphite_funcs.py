@@ -312,8 +312,10 @@ def parse_tag_expression(text: str) -> TagExpression:
     """Raises QueryError for a malformed term or a bad regular expression."""
     match = _TAG_EXPR.match(text)
     if match is None:
-        raise QueryError(f"seriesByTag: bad tag expression {text!r} (expected tag=value, tag!=value, "
-                         "tag=~regex or tag!=~regex)")
+        raise QueryError(
+            f"seriesByTag: bad tag expression {text!r} (expected tag=value, tag!=value, "
+            "tag=~regex or tag!=~regex)"
+        )
     tag, operator, value = match.group(1).strip(), match.group(2), match.group(3).strip()
     regex = None
     if operator in ("=~", "!=~"):
@@ -334,8 +336,9 @@ class Fetcher(Protocol):
         """Series matching a Graphite glob with optional ``;k=v`` filters, sorted by name."""
         ...
 
-    def fetch_tagged(self, expressions: Sequence[TagExpression], start: int, end: int,
-                     max_points: int | None) -> list[Series]:
+    def fetch_tagged(
+        self, expressions: Sequence[TagExpression], start: int, end: int, max_points: int | None
+    ) -> list[Series]:
         """Series whose tags (``name`` included) satisfy every expression, sorted by name."""
         ...
 
@@ -494,8 +497,9 @@ def _convert(spec: FunctionSpec, param: Param, raw: Expr, ctx: Context, *, lazy:
             return int(raw.value)
         if isinstance(raw, String):
             return raw.value
-        raise QueryError(f"{where} must be a positive number of points or an interval like '5min', "
-                         f"got {format_expr(raw)}")
+        raise QueryError(
+            f"{where} must be a positive number of points or an interval like '5min', got {format_expr(raw)}"
+        )
     if not isinstance(raw, String):
         raise QueryError(f"{where} must be a quoted string, got {format_expr(raw)}")
     if kind == "aggFunc":
@@ -557,8 +561,9 @@ def f_group(ctx: Context, *series_lists: list[Series]) -> list[Series]:
     return _flatten(series_lists)
 
 
-def f_percentile_of_series(ctx: Context, series_list: list[Series], n: Number,
-                           interpolate: bool) -> list[Series]:
+def f_percentile_of_series(
+    ctx: Context, series_list: list[Series], n: Number, interpolate: bool
+) -> list[Series]:
     if n.value <= 0:
         raise QueryError("percentileOfSeries: the requested percent must be greater than 0")
     if not series_list:
@@ -642,26 +647,30 @@ def f_alias_sub(ctx: Context, series_list: list[Series], search: str, replace_wi
 
 def _renamed(s: Series, name: str, values: FloatArray | None = None, **tags: str) -> Series:
     new_tags = {**s.tags, **tags}
-    return s.copy(name=name, path_expression=name, tags=new_tags,
-                  values=s.values if values is None else values)
+    return s.copy(
+        name=name, path_expression=name, tags=new_tags, values=s.values if values is None else values
+    )
 
 
 def f_scale(ctx: Context, series_list: list[Series], factor: Number) -> list[Series]:
-    return [_renamed(s, f"scale({s.name},{_number_text(factor)})", s.values * factor.value,
-                     scale=factor.text) for s in series_list]
+    return [
+        _renamed(s, f"scale({s.name},{_number_text(factor)})", s.values * factor.value, scale=factor.text)
+        for s in series_list
+    ]
 
 
 def f_offset(ctx: Context, series_list: list[Series], factor: Number) -> list[Series]:
-    return [_renamed(s, f"offset({s.name},{_number_text(factor)})", s.values + factor.value,
-                     offset=factor.text) for s in series_list]
+    return [
+        _renamed(s, f"offset({s.name},{_number_text(factor)})", s.values + factor.value, offset=factor.text)
+        for s in series_list
+    ]
 
 
 def f_absolute(ctx: Context, series_list: list[Series]) -> list[Series]:
     return [_renamed(s, f"absolute({s.name})", np.abs(s.values), absolute="1") for s in series_list]
 
 
-def _non_negative_delta(values: FloatArray, max_value: float | None,
-                        min_value: float | None) -> FloatArray:
+def _non_negative_delta(values: FloatArray, max_value: float | None, min_value: float | None) -> FloatArray:
     """graphite's ``_nonNegativeDelta`` over a whole series: differences between consecutive
     points, a counter wrap or reset giving null unless ``max_value``/``min_value`` say how
     it wrapped; points outside ``[min_value, max_value]`` are null and break the chain."""
@@ -683,22 +692,36 @@ def _non_negative_delta(values: FloatArray, max_value: float | None,
     return out
 
 
-def f_per_second(ctx: Context, series_list: list[Series], max_value: Number | None,
-                 min_value: Number | None) -> list[Series]:
+def f_per_second(
+    ctx: Context, series_list: list[Series], max_value: Number | None, min_value: Number | None
+) -> list[Series]:
     out = []
     for s in series_list:
-        delta = _non_negative_delta(s.values, None if max_value is None else max_value.value,
-                                    None if min_value is None else min_value.value)
+        delta = _non_negative_delta(
+            s.values,
+            None if max_value is None else max_value.value,
+            None if min_value is None else min_value.value,
+        )
         out.append(_renamed(s, f"perSecond({s.name})", _round6(delta / s.step), perSecond="1"))
     return out
 
 
-def f_non_negative_derivative(ctx: Context, series_list: list[Series], max_value: Number | None,
-                              min_value: Number | None) -> list[Series]:
-    return [_renamed(s, f"nonNegativeDerivative({s.name})",
-                     _non_negative_delta(s.values, None if max_value is None else max_value.value,
-                                         None if min_value is None else min_value.value),
-                     nonNegativeDerivative="1") for s in series_list]
+def f_non_negative_derivative(
+    ctx: Context, series_list: list[Series], max_value: Number | None, min_value: Number | None
+) -> list[Series]:
+    return [
+        _renamed(
+            s,
+            f"nonNegativeDerivative({s.name})",
+            _non_negative_delta(
+                s.values,
+                None if max_value is None else max_value.value,
+                None if min_value is None else min_value.value,
+            ),
+            nonNegativeDerivative="1",
+        )
+        for s in series_list
+    ]
 
 
 def f_derivative(ctx: Context, series_list: list[Series]) -> list[Series]:
@@ -721,9 +744,15 @@ def f_integral(ctx: Context, series_list: list[Series]) -> list[Series]:
 def f_transform_null(ctx: Context, series_list: list[Series], default: Number | None) -> list[Series]:
     value = 0.0 if default is None else default.value
     text = "0" if default is None else _number_text(default)
-    return [_renamed(s, f"transformNull({s.name},{text})",
-                     np.where(np.isnan(s.values), value, s.values), transformNull=text)
-            for s in series_list]
+    return [
+        _renamed(
+            s,
+            f"transformNull({s.name},{text})",
+            np.where(np.isnan(s.values), value, s.values),
+            transformNull=text,
+        )
+        for s in series_list
+    ]
 
 
 def f_keep_last_value(ctx: Context, series_list: list[Series], limit: Number | None) -> list[Series]:
@@ -739,8 +768,11 @@ def f_keep_last_value(ctx: Context, series_list: list[Series], limit: Number | N
             if 0 < gap <= most:
                 values[i - gap : i] = values[i - gap - 1]
             gap = 0
-        out.append(_renamed(s, f"keepLastValue({s.name})", values,
-                            keepLastValue="INF" if limit is None else limit.text))
+        out.append(
+            _renamed(
+                s, f"keepLastValue({s.name})", values, keepLastValue="INF" if limit is None else limit.text
+            )
+        )
     return out
 
 
@@ -754,8 +786,9 @@ def f_consolidate_by(ctx: Context, series_list: list[Series], func: str) -> list
     return out
 
 
-def f_summarize(ctx: Context, series_list: list[Series], interval: str, func: str,
-                align_to_from: bool) -> list[Series]:
+def f_summarize(
+    ctx: Context, series_list: list[Series], interval: str, func: str, align_to_from: bool
+) -> list[Series]:
     seconds = abs(interval_seconds(interval, where="summarize"))
     if seconds == 0:
         raise QueryError("summarize: the interval must be longer than 0 s")
@@ -779,13 +812,17 @@ def f_summarize(ctx: Context, series_list: list[Series], interval: str, func: st
                 values[b] = reduce(chunk.reshape(1, -1), 1)[0]
         suffix = ", true" if align_to_from else ""
         name = f'summarize({s.name}, "{interval}", "{func}"{suffix})'
-        out.append(_renamed(s, name, values, summarize=interval, summarizeFunction=func)
-                   .copy(start=first, step=seconds))
+        out.append(
+            _renamed(s, name, values, summarize=interval, summarizeFunction=func).copy(
+                start=first, step=seconds
+            )
+        )
     return out
 
 
-def f_moving_average(ctx: Context, series_expr: Expr, window: int | str,
-                     x_files_factor: Number | None) -> list[Series]:
+def f_moving_average(
+    ctx: Context, series_expr: Expr, window: int | str, x_files_factor: Number | None
+) -> list[Series]:
     full = replace(ctx, max_points=None)
     if isinstance(window, str):
         preview = abs(interval_seconds(window, where="movingAverage"))
@@ -830,8 +867,9 @@ def _moving_average(values: FloatArray, points: int, xff: float) -> FloatArray:
     return out
 
 
-def f_time_shift(ctx: Context, series_expr: Expr, shift: str, reset_end: bool,
-                 align_dst: bool) -> list[Series]:
+def f_time_shift(
+    ctx: Context, series_expr: Expr, shift: str, reset_end: bool, align_dst: bool
+) -> list[Series]:
     text = shift if shift[:1] in ("+", "-") else "-" + shift
     delta = interval_seconds(text, where="timeShift")
     shifted = _eval(series_expr, replace(ctx, start=ctx.start + delta, end=ctx.end + delta))
@@ -857,8 +895,10 @@ def f_series_by_tag(ctx: Context, *expressions: str) -> list[Series]:
         raise QueryError("seriesByTag: at least one tag expression is required")
     parsed = [parse_tag_expression(e) for e in expressions]
     if not any(e.requires_value for e in parsed):
-        raise QueryError("seriesByTag: at least one tag expression must require a non-empty "
-                         "value (e.g. 'name=stats.gauges.x' or 'env=prod')")
+        raise QueryError(
+            "seriesByTag: at least one tag expression must require a non-empty "
+            "value (e.g. 'name=stats.gauges.x' or 'env=prod')"
+        )
     path_expression = "seriesByTag(" + ",".join(f"'{e}'" for e in expressions) + ")"
     found = ctx.fetcher.fetch_tagged(parsed, ctx.start, ctx.end, ctx.max_points)
     return [s.copy(path_expression=path_expression) for s in found]
@@ -871,8 +911,15 @@ _SERIES_LISTS = Param("seriesLists", "seriesList", required=True, multiple=True)
 _AGG_OPTIONS = tuple(AGGREGATIONS)
 
 
-def _spec(name: str, impl: Callable[..., list[Series]], group: str, description: str,
-          *params: Param, lazy: bool = False, raw_input: bool = False) -> FunctionSpec:
+def _spec(
+    name: str,
+    impl: Callable[..., list[Series]],
+    group: str,
+    description: str,
+    *params: Param,
+    lazy: bool = False,
+    raw_input: bool = False,
+) -> FunctionSpec:
     signature = f"{name}({', '.join(('*' if p.multiple else '') + p.name for p in params)})"
     return FunctionSpec(name, impl, params, group, description, lazy, signature, raw_input)
 
@@ -890,66 +937,158 @@ FUNCTIONS: dict[str, FunctionSpec] = {
         _combine_spec("avg", "average", "Short form of averageSeries."),
         _combine_spec("maxSeries", "max", "The largest value of the series at each point."),
         _combine_spec("minSeries", "min", "The smallest value of the series at each point."),
-        _spec("aggregate", f_aggregate, "Combine",
-              "Combines series point by point with an aggregation function.",
-              _SERIES, Param("func", "aggFunc", required=True, options=_AGG_OPTIONS),
-              Param("xFilesFactor", "float")),
+        _spec(
+            "aggregate",
+            f_aggregate,
+            "Combine",
+            "Combines series point by point with an aggregation function.",
+            _SERIES,
+            Param("func", "aggFunc", required=True, options=_AGG_OPTIONS),
+            Param("xFilesFactor", "float"),
+        ),
         _spec("group", f_group, "Combine", "Concatenates several series lists.", _SERIES_LISTS),
-        _spec("percentileOfSeries", f_percentile_of_series, "Combine",
-              "The n-th percentile of the series at each point; an actual value unless "
-              "interpolate is true.",
-              _SERIES, Param("n", "float", required=True),
-              Param("interpolate", "boolean", default=False)),
-        _spec("alias", f_alias, "Alias", "Renames every series.",
-              _SERIES, Param("newName", "string", required=True)),
-        _spec("aliasByNode", f_alias_by_node, "Alias",
-              "Names each series by some of its path nodes (0-indexed) or tags.",
-              _SERIES, Param("nodes", "nodeOrTag", required=True, multiple=True)),
-        _spec("aliasSub", f_alias_sub, "Alias", "Renames by a regular expression substitution.",
-              _SERIES, Param("search", "string", required=True),
-              Param("replace", "string", required=True)),
-        _spec("scale", f_scale, "Transform", "Multiplies every point by a constant.",
-              _SERIES, Param("factor", "float", required=True)),
-        _spec("offset", f_offset, "Transform", "Adds a constant to every point.",
-              _SERIES, Param("factor", "float", required=True)),
+        _spec(
+            "percentileOfSeries",
+            f_percentile_of_series,
+            "Combine",
+            "The n-th percentile of the series at each point; an actual value unless interpolate is true.",
+            _SERIES,
+            Param("n", "float", required=True),
+            Param("interpolate", "boolean", default=False),
+        ),
+        _spec(
+            "alias",
+            f_alias,
+            "Alias",
+            "Renames every series.",
+            _SERIES,
+            Param("newName", "string", required=True),
+        ),
+        _spec(
+            "aliasByNode",
+            f_alias_by_node,
+            "Alias",
+            "Names each series by some of its path nodes (0-indexed) or tags.",
+            _SERIES,
+            Param("nodes", "nodeOrTag", required=True, multiple=True),
+        ),
+        _spec(
+            "aliasSub",
+            f_alias_sub,
+            "Alias",
+            "Renames by a regular expression substitution.",
+            _SERIES,
+            Param("search", "string", required=True),
+            Param("replace", "string", required=True),
+        ),
+        _spec(
+            "scale",
+            f_scale,
+            "Transform",
+            "Multiplies every point by a constant.",
+            _SERIES,
+            Param("factor", "float", required=True),
+        ),
+        _spec(
+            "offset",
+            f_offset,
+            "Transform",
+            "Adds a constant to every point.",
+            _SERIES,
+            Param("factor", "float", required=True),
+        ),
         _spec("absolute", f_absolute, "Transform", "The absolute value of every point.", _SERIES),
-        _spec("perSecond", f_per_second, "Transform",
-              "Per-second rate of a running total (a drop is a counter reset: null).",
-              _SERIES, Param("maxValue", "float"), Param("minValue", "float")),
-        _spec("nonNegativeDerivative", f_non_negative_derivative, "Transform",
-              "Differences between consecutive points, ignoring drops.",
-              _SERIES, Param("maxValue", "float"), Param("minValue", "float")),
-        _spec("derivative", f_derivative, "Transform",
-              "Differences between consecutive points.", _SERIES),
+        _spec(
+            "perSecond",
+            f_per_second,
+            "Transform",
+            "Per-second rate of a running total (a drop is a counter reset: null).",
+            _SERIES,
+            Param("maxValue", "float"),
+            Param("minValue", "float"),
+        ),
+        _spec(
+            "nonNegativeDerivative",
+            f_non_negative_derivative,
+            "Transform",
+            "Differences between consecutive points, ignoring drops.",
+            _SERIES,
+            Param("maxValue", "float"),
+            Param("minValue", "float"),
+        ),
+        _spec("derivative", f_derivative, "Transform", "Differences between consecutive points.", _SERIES),
         _spec("integral", f_integral, "Transform", "Running total of the points.", _SERIES),
-        _spec("transformNull", f_transform_null, "Transform", "Replaces nulls by a value (default 0).",
-              _SERIES, Param("default", "float", default=0)),
-        _spec("keepLastValue", f_keep_last_value, "Transform",
-              "Fills gaps of at most limit points with the value before them.",
-              _SERIES, Param("limit", "float")),
-        _spec("summarize", f_summarize, "Transform",
-              "Buckets the points into intervals and aggregates each (default: sum).",
-              _SERIES, Param("intervalString", "interval", required=True),
-              Param("func", "aggFunc", default="sum", options=_AGG_OPTIONS),
-              Param("alignToFrom", "boolean", default=False), raw_input=True),
-        _spec("consolidateBy", f_consolidate_by, "Special",
-              "How to consolidate when a series has more points than maxDataPoints.",
-              _SERIES, Param("consolidationFunc", "aggFunc", required=True, options=_AGG_OPTIONS),
-              raw_input=True),
-        _spec("movingAverage", f_moving_average, "Calculate",
-              "Mean of the preceding N points, or of the preceding interval ('5min').",
-              _SERIES, Param("windowSize", "intOrInterval", required=True),
-              Param("xFilesFactor", "float"), lazy=True),
-        _spec("timeShift", f_time_shift, "Transform",
-              "The same series from an earlier time ('1d' = a day ago), drawn now.",
-              _SERIES, Param("timeShift", "interval", required=True),
-              Param("resetEnd", "boolean", default=True), Param("alignDst", "boolean", default=False),
-              lazy=True),
-        _spec("constantLine", f_constant_line, "Special", "A horizontal line at a value.",
-              Param("value", "float", required=True)),
-        _spec("seriesByTag", f_series_by_tag, "Special",
-              "Series selected by tags: 'tag=v', 'tag!=v', 'tag=~regex', 'tag!=~regex'.",
-              Param("tagExpressions", "string", required=True, multiple=True)),
+        _spec(
+            "transformNull",
+            f_transform_null,
+            "Transform",
+            "Replaces nulls by a value (default 0).",
+            _SERIES,
+            Param("default", "float", default=0),
+        ),
+        _spec(
+            "keepLastValue",
+            f_keep_last_value,
+            "Transform",
+            "Fills gaps of at most limit points with the value before them.",
+            _SERIES,
+            Param("limit", "float"),
+        ),
+        _spec(
+            "summarize",
+            f_summarize,
+            "Transform",
+            "Buckets the points into intervals and aggregates each (default: sum).",
+            _SERIES,
+            Param("intervalString", "interval", required=True),
+            Param("func", "aggFunc", default="sum", options=_AGG_OPTIONS),
+            Param("alignToFrom", "boolean", default=False),
+            raw_input=True,
+        ),
+        _spec(
+            "consolidateBy",
+            f_consolidate_by,
+            "Special",
+            "How to consolidate when a series has more points than maxDataPoints.",
+            _SERIES,
+            Param("consolidationFunc", "aggFunc", required=True, options=_AGG_OPTIONS),
+            raw_input=True,
+        ),
+        _spec(
+            "movingAverage",
+            f_moving_average,
+            "Calculate",
+            "Mean of the preceding N points, or of the preceding interval ('5min').",
+            _SERIES,
+            Param("windowSize", "intOrInterval", required=True),
+            Param("xFilesFactor", "float"),
+            lazy=True,
+        ),
+        _spec(
+            "timeShift",
+            f_time_shift,
+            "Transform",
+            "The same series from an earlier time ('1d' = a day ago), drawn now.",
+            _SERIES,
+            Param("timeShift", "interval", required=True),
+            Param("resetEnd", "boolean", default=True),
+            Param("alignDst", "boolean", default=False),
+            lazy=True,
+        ),
+        _spec(
+            "constantLine",
+            f_constant_line,
+            "Special",
+            "A horizontal line at a value.",
+            Param("value", "float", required=True),
+        ),
+        _spec(
+            "seriesByTag",
+            f_series_by_tag,
+            "Special",
+            "Series selected by tags: 'tag=v', 'tag!=v', 'tag=~regex', 'tag!=~regex'.",
+            Param("tagExpressions", "string", required=True, multiple=True),
+        ),
     )
 }
 

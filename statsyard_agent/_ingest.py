@@ -329,8 +329,9 @@ class PreAggregator:
                     target[0] = 1.0
                     target[1] = value
 
-    def _bind(self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey,
-              rate: float) -> _Slot | None:
+    def _bind(
+        self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey, rate: float
+    ) -> _Slot | None:
         slot = self._slot(kind, series, rate)
         if slot is not None:
             bound = self._bound

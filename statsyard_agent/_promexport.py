@@ -37,13 +37,12 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _float_to_go
@@ -56,6 +55,8 @@ from ._types import FlushBatch, Tags
 log = logging.getLogger(__name__)
 
 PATH = "/metrics/statsd"
+#: The classic text format (names are sanitised to its rules, so no escaping scheme is needed).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRIC_TYPES = ("counter", "gauge", "timer", "histogram", "distribution", "set", "event", "service_check")
 _OBSERVED = ("timer", "histogram", "distribution")
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
@@ -64,6 +65,7 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TEMPLATE_NAME = re.compile(r"[a-zA-Z0-9_:$\{\}]+")
 _CAPTURE = re.compile(r"\$(?:\{(\d+)\}|(\d+))")
 _AGE_BUCKETS = 5
+_INF_BOUND = 'le="+Inf"'
 #: Name caches are cleared when they exceed this many times ``max_series`` entries.
 _CACHE_FACTOR = 4
 #: Batches waiting to be folded before the oldest is dropped (and counted).
@@ -152,22 +154,26 @@ def _rule(entry: object, where: str) -> MappingRule:
         raise ConfigError(f"{where}.action", f"expected 'map' or 'drop', got {action!r}")
     name = entry.get("name", "")
     if not isinstance(name, str) or (action == "map" and not _TEMPLATE_NAME.fullmatch(name)):
-        raise ConfigError(f"{where}.name", "expected a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*, "
-                                           f"$1 for captures), got {name!r}")
+        raise ConfigError(
+            f"{where}.name",
+            f"expected a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*, $1 for captures), got {name!r}",
+        )
     kind = entry.get("match_metric_type")
     if kind is not None and kind not in METRIC_TYPES:
-        raise ConfigError(f"{where}.match_metric_type", f"expected one of {', '.join(METRIC_TYPES)}, "
-                                                        f"got {kind!r}")
+        raise ConfigError(
+            f"{where}.match_metric_type", f"expected one of {', '.join(METRIC_TYPES)}, got {kind!r}"
+        )
     observer = entry.get("observer_type")
     if observer is not None and observer not in ("summary", "histogram"):
         raise ConfigError(f"{where}.observer_type", f"expected 'summary' or 'histogram', got {observer!r}")
     labels = entry.get("labels", {})
     if not isinstance(labels, Mapping):
-        raise ConfigError(f"{where}.labels", "expected a table like { endpoint = \"$1\" }")
+        raise ConfigError(f"{where}.labels", 'expected a table like { endpoint = "$1" }')
     for key, value in labels.items():
         if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
-            raise ConfigError(f"{where}.labels.{key}", "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, "
-                                                       "no leading __)")
+            raise ConfigError(
+                f"{where}.labels.{key}", "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{where}.labels.{key}", f"expected a string, got {value!r}")
     return MappingRule(match, name, tuple(sorted(labels.items())), match_type, kind, action, observer, regex)
@@ -201,10 +207,16 @@ def parse_prometheus_config(section: Mapping[str, Any]) -> PromExportConfig:
         numbers[key] = float(raw)
     if numbers["max_series"] != int(numbers["max_series"]):
         raise ConfigError("prometheus.max_series", "must be a whole number")
-    quantiles = (_floats(section["quantiles"], "prometheus.quantiles", low=0.0, high=1.0)
-                 if "quantiles" in section else defaults.quantiles)
-    buckets = (_floats(section["buckets"], "prometheus.buckets", low=-math.inf, high=math.inf)
-               if "buckets" in section else defaults.buckets)
+    quantiles = (
+        _floats(section["quantiles"], "prometheus.quantiles", low=0.0, high=1.0)
+        if "quantiles" in section
+        else defaults.quantiles
+    )
+    buckets = (
+        _floats(section["buckets"], "prometheus.buckets", low=-math.inf, high=math.inf)
+        if "buckets" in section
+        else defaults.buckets
+    )
     mappings = section.get("mappings", [])
     if not isinstance(mappings, list):
         raise ConfigError("prometheus.mappings", "expected an array of tables [[prometheus.mappings]]")
@@ -245,7 +257,7 @@ def _classify(name: str, root: str) -> tuple[str, str, str] | None:
     """``(kind, statsd name, field)`` of a point name of a flush batch, or None to ignore it."""
     if not name.startswith(root):
         return None
-    rest = name[len(root):]
+    rest = name[len(root) :]
     if rest == "events":
         return "event", "statsd.events", "count"
     if rest == "service_checks":
@@ -273,7 +285,7 @@ _SKETCH_KINDS = {"timers": "timer", "histograms": "histogram", "distributions": 
 def _classify_sketch(name: str, root: str) -> tuple[str, str] | None:
     if not name.startswith(root):
         return None
-    namespace, _, base = name[len(root):].partition(".")
+    namespace, _, base = name[len(root) :].partition(".")
     kind = _SKETCH_KINDS.get(namespace)
     return (kind, base) if kind and base else None
 
@@ -318,8 +330,12 @@ class StatsdExporter:
         self.rejected_series = 0
         self.dropped_batches = 0
         self.wakeup: trio.Event | None = None
-        le = np.asarray(config.buckets, dtype=np.float64)
-        self._le = le
+        self._le = np.asarray(config.buckets, dtype=np.float64)
+        self._le_text = [f'"{_go_string(le)}"' for le in config.buckets]
+        self._quantile_text = [f'"{_go_string(q)}"' for q in config.quantiles]
+        self._version = 0  # bumped when series come or go: the layout is resolved again
+        self._layout: list[_Family] | None = None
+        self._layout_version = -1
         gamma = (1 + LogSketch.RELATIVE_ACCURACY) / (1 - LogSketch.RELATIVE_ACCURACY)
         self._gamma = gamma
 
@@ -353,11 +369,13 @@ class StatsdExporter:
                 self.rejected_series += 1
                 return None
             source = self._sources[key] = _Source(kind)
+            self._version += 1
         return source
 
     def _fold(self, batch: FlushBatch) -> None:
         stamp = float(batch.timestamp)
         self._clock = max(self._clock, stamp)
+        self._expire()
         names = self._names
         root = self._root
         values = batch.values.tolist()
@@ -430,13 +448,16 @@ class StatsdExporter:
         ``le * scale``); a sketch bucket counts when its lower end is below the bound."""
         gamma = self._gamma
         keys, counts = sketch.positive
-        lowers = np.concatenate((
-            -np.power(gamma, sketch.negative[0].astype(np.float64)),  # a negative bucket's lowest value
-            [0.0] if sketch.zero_count else [],
-            np.power(gamma, keys.astype(np.float64) - 1),
-        ))
-        weights = np.concatenate((sketch.negative[1], [sketch.zero_count] if sketch.zero_count else [],
-                                  counts))
+        lowers = np.concatenate(
+            (
+                -np.power(gamma, sketch.negative[0].astype(np.float64)),  # a negative bucket's lowest value
+                [0.0] if sketch.zero_count else [],
+                np.power(gamma, keys.astype(np.float64) - 1),
+            )
+        )
+        weights = np.concatenate(
+            (sketch.negative[1], [sketch.zero_count] if sketch.zero_count else [], counts)
+        )
         limits = self._le * scale
         below = lowers[None, :] < limits[:, None]
         if sketch.zero_count:
@@ -484,19 +505,38 @@ class StatsdExporter:
         return exposed
 
     def render(self) -> bytes:
-        """The text exposition of every series (blocking: folds pending batches first)."""
+        """The text exposition of every series (blocking: folds pending batches first).
+
+        Resolving names and collisions is done once per change of the set of series; a scrape
+        of an unchanged set only formats the current values.
+        """
         self.fold_pending()
         with self._lock:
-            families = self._families()
-        return generate_latest(_Families(families))
+            self._expire()
+            if self._layout is None or self._layout_version != self._version:
+                self._layout = self._resolve()
+                self._layout_version = self._version
+            out: list[str] = []
+            for family in self._layout:
+                out.append(family.head)
+                for key, labels in family.members:
+                    self._write_samples(out, family, self._sources[key], labels)
+            return "".join(out).encode()
 
-    def _families(self) -> list[Metric]:
+    def _expire(self) -> None:
+        """Forget series silent for longer than ``ttl`` (data time), before admitting new ones."""
         ttl = self.config.ttl
         if ttl:
-            for key in [k for k, s in self._sources.items() if s.last_seen < self._clock - ttl]:
+            stale = [k for k, s in self._sources.items() if s.last_seen < self._clock - ttl]
+            for key in stale:
                 del self._sources[key]
-        built: dict[str, tuple[str, Metric, set[tuple[tuple[str, str], ...]]]] = {}
-        occupied: dict[str, str] = {}
+            if stale:
+                self._version += 1
+
+    def _resolve(self) -> list[_Family]:
+        """Families in exposition order, collisions resolved (see the module docstring)."""
+        families: dict[str, _Family] = {}
+        occupied: set[str] = set()
         order = []
         for key in self._sources:
             exposed = self._expose(key)
@@ -505,77 +545,68 @@ class StatsdExporter:
                 order.append((exposed.family != key[0], key, exposed))
         order.sort()
         for _, key, exposed in order:
-            source = self._sources[key]
-            mtype = self._metric_type(source.kind, exposed.observer)
-            family = exposed.family
-            placed = self._place(family, mtype, exposed.labels, built, occupied)
-            if not placed or exposed.label_clash:
-                family = f"{family}_{_short_hash(key)}"
-                placed = self._place(family, mtype, exposed.labels, built, occupied)
+            mtype = _metric_type(self._sources[key].kind, exposed.observer)
+            family = self._place(exposed.family, mtype, exposed.labels, families, occupied, key)
+            if family is None or exposed.label_clash:
+                renamed = f"{exposed.family}_{_short_hash(key)}"
+                family = self._place(renamed, mtype, exposed.labels, families, occupied, key)
                 self._collision(key, exposed.family)
-            if not placed:
-                continue
-            self._samples(built[family][1], family, source, dict(exposed.labels), mtype)
-        return [metric for _, metric, _ in built.values()]
+            if family is not None:
+                family.members.append((key, _label_text(exposed.labels)))
+                family.labelsets.add(exposed.labels)
+        for family in families.values():
+            family.members.sort(key=lambda member: member[1])
+        return sorted(families.values(), key=lambda f: f.name)
 
     @staticmethod
-    def _metric_type(kind: str, observer: str) -> str:
-        if kind in ("counter", "event", "service_check"):
-            return "counter"
-        if kind in ("gauge", "set"):
-            return "gauge"
-        return observer
-
-    @staticmethod
-    def _sample_names(family: str, mtype: str) -> tuple[str, ...]:
-        if mtype == "counter":
-            return (family + "_total",)
-        if mtype == "summary":
-            return (family, family + "_count", family + "_sum")
-        if mtype == "histogram":
-            return (family + "_bucket", family + "_count", family + "_sum")
-        return (family,)
-
-    def _place(self, family: str, mtype: str, labels: tuple[tuple[str, str], ...],
-               built: dict[str, tuple[str, Metric, set[tuple[tuple[str, str], ...]]]],
-               occupied: dict[str, str]) -> bool:
-        existing = built.get(family)
+    def _place(
+        name: str,
+        mtype: str,
+        labels: tuple[tuple[str, str], ...],
+        families: dict[str, _Family],
+        occupied: set[str],
+        key: SourceKey,
+    ) -> _Family | None:
+        """The family ``name`` of type ``mtype`` if ``labels`` fit in it (created when free)."""
+        existing = families.get(name)
         if existing is not None:
-            if existing[0] != mtype or labels in existing[2]:
-                return False
-            existing[2].add(labels)
-            return True
-        names = self._sample_names(family, mtype)
-        if family in occupied or any(n in occupied for n in names):
-            return False
-        for n in (family, *names):
-            occupied[n] = family
-        built[family] = (mtype, Metric(family, f"StatsD data exported by statsyard ({mtype})", mtype),
-                         {labels})
-        return True
+            if existing.mtype != mtype or labels in existing.labelsets:
+                return None
+            return existing
+        names = _sample_names(name, mtype)
+        if name in occupied or any(n in occupied for n in names):
+            return None
+        occupied.update((name, *names))
+        family = families[name] = _Family(name, mtype, f"StatsD {key[1]} {key[0]}")
+        return family
 
     def _collision(self, key: SourceKey, family: str) -> None:
         if key in self._collided:
             return
         self._collided.add(key)
-        log.warning("Prometheus name collision: StatsD %s %r%s also maps to %r; exposing it as %r",
-                    key[1], key[0], "".join(f" {k}:{v}" for k, v in key[2]), family,
-                    f"{family}_{_short_hash(key)}")
+        log.warning(
+            "Prometheus name collision: StatsD %s %r%s also maps to %r; exposing it as %r",
+            key[1],
+            key[0],
+            "".join(f" {k}:{v}" for k, v in key[2]),
+            family,
+            f"{family}_{_short_hash(key)}",
+        )
 
-    def _samples(self, metric: Metric, family: str, source: _Source, labels: dict[str, str],
-                 mtype: str) -> None:
+    def _write_samples(self, out: list[str], family: _Family, source: _Source, labels: str) -> None:
+        name, mtype = family.name, family.mtype
         if mtype == "counter":
-            metric.add_sample(family + "_total", labels, source.total)
+            out.append(f"{name}_total{_braces(labels)} {_value(source.total)}\n")
             return
         if mtype == "gauge":
-            metric.add_sample(family, labels, source.value)
+            out.append(f"{name}{_braces(labels)} {_value(source.value)}\n")
             return
         scale = 1000.0 if source.kind == "timer" else 1.0
         if mtype == "histogram":
             counts = source.buckets if source.buckets is not None else np.zeros(len(self._le))
-            for le, count in zip(self._le.tolist(), counts.tolist(), strict=True):
-                metric.add_sample(family + "_bucket", {**labels, "le": _go_string(le)}, count)
-            metric.add_sample(family + "_bucket", {**labels, "le": "+Inf"}, source.count)
+            for le, count in zip(self._le_text, counts.tolist(), strict=True):
+                out.append(f"{name}_bucket{_braces(labels, f'le={le}')} {_value(count)}\n")
+            out.append(f"{name}_bucket{_braces(labels, _INF_BOUND)} {_value(source.count)}\n")
         else:
             horizon = self._clock - self.config.summary_max_age
             windows = source.windows
@@ -583,12 +614,15 @@ class StatsdExporter:
             while windows and windows[0][0] + width <= horizon:
                 windows.popleft()
             sketch = LogSketch.merge_all(w[1] for w in windows)
-            quantiles = sketch.quantiles(self.config.quantiles) if sketch.count else \
-                np.full(len(self.config.quantiles), math.nan)
-            for q, value in zip(self.config.quantiles, quantiles.tolist(), strict=True):
-                metric.add_sample(family, {**labels, "quantile": _go_string(q)}, value / scale)
-        metric.add_sample(family + "_count", labels, source.count)
-        metric.add_sample(family + "_sum", labels, source.total / scale)
+            quantiles = (
+                sketch.quantiles(self.config.quantiles)
+                if sketch.count
+                else np.full(len(self.config.quantiles), math.nan)
+            )
+            for q, value in zip(self._quantile_text, quantiles.tolist(), strict=True):
+                out.append(f"{name}{_braces(labels, f'quantile={q}')} {_value(value / scale)}\n")
+        out.append(f"{name}_count{_braces(labels)} {_value(source.count)}\n")
+        out.append(f"{name}_sum{_braces(labels)} {_value(source.total / scale)}\n")
 
     # -- self metrics ---------------------------------------------------------------------
 
@@ -606,20 +640,66 @@ def _go_string(value: float) -> str:
     return str(_float_to_go(value))  # type: ignore[no-untyped-call]
 
 
+def _value(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _label_text(labels: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+
+
+def _braces(labels: str, extra: str = "") -> str:
+    inner = f"{labels},{extra}" if labels and extra else labels or extra
+    return "{" + inner + "}" if inner else ""
+
+
+def _metric_type(kind: str, observer: str) -> str:
+    if kind in ("counter", "event", "service_check"):
+        return "counter"
+    if kind in ("gauge", "set"):
+        return "gauge"
+    return observer
+
+
+def _sample_names(family: str, mtype: str) -> tuple[str, ...]:
+    if mtype == "counter":
+        return (family + "_total",)
+    if mtype == "summary":
+        return (family, family + "_count", family + "_sum")
+    if mtype == "histogram":
+        return (family + "_bucket", family + "_count", family + "_sum")
+    return (family,)
+
+
+@dataclass
+class _Family:
+    """One exposed metric family: its members are ``(source, label text)`` pairs."""
+
+    name: str
+    mtype: str
+    help: str
+    members: list[tuple[SourceKey, str]] = field(default_factory=list)
+    labelsets: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
+
+    @property
+    def head(self) -> str:
+        shown = self.name + "_total" if self.mtype == "counter" else self.name
+        text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"# HELP {shown} {text}\n# TYPE {shown} {self.mtype}\n"
+
+
 def _short_hash(key: SourceKey) -> str:
     base, kind, tags = key
     text = "\x00".join([base, kind, *(f"{k}={v}" for k, v in tags)])
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
-
-
-class _Families:
-    """Adapts a list of families to what :func:`generate_latest` collects."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
 
 
 class ExporterCollector(Collector):
@@ -630,17 +710,26 @@ class ExporterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         e = self._exporter
-        yield GaugeMetricFamily("statsyard_prometheus_series",
-                                "StatsD series held for the /metrics/statsd exposition.", value=e.series)
-        yield CounterMetricFamily("statsyard_prometheus_collisions",
-                                  "StatsD series renamed because their Prometheus name was taken.",
-                                  value=e.collisions)
-        yield CounterMetricFamily("statsyard_prometheus_rejected_series",
-                                  "StatsD series not exposed because [prometheus] max_series was reached.",
-                                  value=e.rejected_series)
-        yield CounterMetricFamily("statsyard_prometheus_dropped_batches",
-                                  "Flushed batches dropped before being folded (folding fell behind).",
-                                  value=e.dropped_batches)
+        yield GaugeMetricFamily(
+            "statsyard_prometheus_series",
+            "StatsD series held for the /metrics/statsd exposition.",
+            value=e.series,
+        )
+        yield CounterMetricFamily(
+            "statsyard_prometheus_collisions",
+            "StatsD series renamed because their Prometheus name was taken.",
+            value=e.collisions,
+        )
+        yield CounterMetricFamily(
+            "statsyard_prometheus_rejected_series",
+            "StatsD series not exposed because [prometheus] max_series was reached.",
+            value=e.rejected_series,
+        )
+        yield CounterMetricFamily(
+            "statsyard_prometheus_dropped_batches",
+            "Flushed batches dropped before being folded (folding fell behind).",
+            value=e.dropped_batches,
+        )
 
 
 async def run_exporter(exporter: StatsdExporter) -> None:
@@ -663,10 +752,12 @@ def make_exporter_route(exporter: StatsdExporter | None) -> Route:
         if request.method not in ("GET", "HEAD"):
             return Response.text(405, f"{request.method} is not supported on {PATH}\n")
         if exporter is None:
-            return Response.text(404, "the Prometheus exposition of StatsD data is off; set "
-                                      "[prometheus] enabled = true in the config to turn it on\n")
+            return Response.text(
+                404,
+                "the Prometheus exposition of StatsD data is off; set "
+                "[prometheus] enabled = true in the config to turn it on\n",
+            )
         body = await trio.to_thread.run_sync(exporter.render)
-        return Response(200, body, CONTENT_TYPE_LATEST)
+        return Response(200, body, CONTENT_TYPE)
 
     return route
-

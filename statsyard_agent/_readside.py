@@ -34,8 +34,9 @@ class ReadSide:
         self.pool.close()
 
 
-def open_read_side(config: AgentConfig, state: AgentState, supervisor: Supervisor,
-                   registry: CollectorRegistry) -> ReadSide:
+def open_read_side(
+    config: AgentConfig, state: AgentState, supervisor: Supervisor, registry: CollectorRegistry
+) -> ReadSide:
     """Build the routes; with ``[prometheus] enabled``, the exporter starts observing every
     flushed batch from now on (its counters count from the agent's start)."""
     pool = ReaderPool(config.data_dir)

@@ -82,8 +82,9 @@ def count_lines(datagram: bytes) -> int:
 class Receiver:
     """The worker's state: its socket, its pre-aggregator, what it received and shipped."""
 
-    def __init__(self, sock: socket.socket, parser_config: ParserConfig, max_series: int,
-                 live: memoryview) -> None:
+    def __init__(
+        self, sock: socket.socket, parser_config: ParserConfig, max_series: int, live: memoryview
+    ) -> None:
         self._sock = sock
         self._counts = SimpleCounts()
         self._preagg = PreAggregator(Parser(parser_config), self._counts, max_series)

@@ -1,8 +1,9 @@
 """Line charts as standalone SVG, rendered on the server (no JavaScript chart library needed).
 
 :func:`render_svg` draws every series of a render request on one time axis: a polyline through
-its non-null points (broken where a gap is well beyond their usual spacing), a dot per point when there are few enough to see them (each dot carries
-``data-t`` / ``data-v`` and a ``<title>`` tooltip, so a browser test can read what is drawn),
+its non-null points (broken where a gap is well beyond their usual spacing), a dot per point
+when there are few enough to see them (each dot carries ``data-t`` / ``data-v`` and a
+``<title>`` tooltip, so a browser test can read what is drawn),
 "nice" value ticks, UTC time ticks and a legend. Every piece of text is XML-escaped: series
 names and tags come from the network. Only presentation attributes are used (no ``style``),
 so the SVG can be inlined under a strict Content-Security-Policy.
@@ -21,13 +22,45 @@ from ._graphite_funcs import Series
 
 __all__ = ["PALETTE", "nice_ticks", "render_svg", "time_ticks"]
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 #: Dots are drawn (and carry their values) up to this many points per chart.
 MAX_DOTS = 400
 _LEGEND_LINES = 6
-_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-               43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
+_TIME_STEPS = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    2 * 86400,
+    7 * 86400,
+    14 * 86400,
+    30 * 86400,
+)
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -75,8 +108,9 @@ def _attr(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def render_svg(series_list: Sequence[Series], *, width: int, height: int, start: int, end: int,
-               title: str = "") -> str:
+def render_svg(
+    series_list: Sequence[Series], *, width: int, height: int, start: int, end: int, title: str = ""
+) -> str:
     """One chart of every series over ``[start, end)`` as an SVG document (a string)."""
     legend = min(len(series_list), _LEGEND_LINES) + (1 if len(series_list) > _LEGEND_LINES else 0)
     top = 28 if title else 12
@@ -90,8 +124,9 @@ def render_svg(series_list: Sequence[Series], *, width: int, height: int, start:
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
     ]
     if title:
-        out.append(f'<text x="{left}" y="18" font-size="13" font-weight="bold" fill="#222">'
-                   f"{escape(title)}</text>")
+        out.append(
+            f'<text x="{left}" y="18" font-size="13" font-weight="bold" fill="#222">{escape(title)}</text>'
+        )
 
     finite = [s.values[np.isfinite(s.values)] for s in series_list]
     values = np.concatenate(finite) if finite else np.array([])
@@ -125,26 +160,35 @@ def render_svg(series_list: Sequence[Series], *, width: int, height: int, start:
     out.append("</g>")
     out.append('<g class="axis" fill="#555">')
     for tick in ticks:
-        out.append(f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">'
-                   f"{escape(_format_value(tick))}</text>")
+        out.append(
+            f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">'
+            f"{escape(_format_value(tick))}</text>"
+        )
     for stamp in time_ticks(t0, t1):
-        out.append(f'<text x="{x_of(stamp):.1f}" y="{top + plot_h + 15}" text-anchor="middle">'
-                   f"{escape(_format_time(stamp, t1 - t0))}</text>")
-    out.append(f'<text x="{left + plot_w}" y="{top + plot_h + 28}" text-anchor="end" '
-               f'fill="#888">UTC</text>')
+        out.append(
+            f'<text x="{x_of(stamp):.1f}" y="{top + plot_h + 15}" text-anchor="middle">'
+            f"{escape(_format_time(stamp, t1 - t0))}</text>"
+        )
+    out.append(f'<text x="{left + plot_w}" y="{top + plot_h + 28}" text-anchor="end" fill="#888">UTC</text>')
     out.append("</g>")
-    out.append(f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" '
-               f'fill="none" stroke="#bbb"/>')
+    out.append(
+        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" '
+        f'fill="none" stroke="#bbb"/>'
+    )
 
     if not values.size:
-        out.append(f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
-                   f'text-anchor="middle" fill="#999" font-size="14">no data in this range</text>')
+        out.append(
+            f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
+            f'text-anchor="middle" fill="#999" font-size="14">no data in this range</text>'
+        )
 
     dots = sum(int(f.size) for f in finite) <= MAX_DOTS
     for index, s in enumerate(series_list):
         color = PALETTE[index % len(PALETTE)]
-        out.append(f'<g class="series" data-target="{_attr(s.name)}" data-index="{index}" '
-                   f'stroke="{color}" fill="{color}">')
+        out.append(
+            f'<g class="series" data-target="{_attr(s.name)}" data-index="{index}" '
+            f'stroke="{color}" fill="{color}">'
+        )
         stamps = s.start + np.arange(len(s.values), dtype=np.int64) * s.step
         shown = np.flatnonzero(np.isfinite(s.values) & (stamps >= t0) & (stamps <= t1))
         # Points arrive once per flush, which may be coarser than the step: consecutive points
@@ -160,9 +204,11 @@ def render_svg(series_list: Sequence[Series], *, width: int, height: int, start:
             for t, v in zip(stamps.tolist(), s.values.tolist(), strict=True):
                 if math.isfinite(v) and t0 <= t <= t1:
                     label = f"{s.name}\n{_format_time(t, 0)} UTC\n{v:g}"
-                    out.append(f'<circle class="point" cx="{x_of(t):.1f}" cy="{y_of(v):.1f}" r="2.5" '
-                               f'stroke="none" data-t="{t}" data-v="{v!r}"><title>{escape(label)}'
-                               "</title></circle>")
+                    out.append(
+                        f'<circle class="point" cx="{x_of(t):.1f}" cy="{y_of(v):.1f}" r="2.5" '
+                        f'stroke="none" data-t="{t}" data-v="{v!r}"><title>{escape(label)}'
+                        "</title></circle>"
+                    )
         out.append("</g>")
 
     out.append('<g class="legend" font-size="12">')
@@ -170,13 +216,12 @@ def render_svg(series_list: Sequence[Series], *, width: int, height: int, start:
     for index, s in enumerate(series_list[:_LEGEND_LINES]):
         color = PALETTE[index % len(PALETTE)]
         y = base + 16 * index
-        shown = s.values[np.isfinite(s.values)]
-        last = f"  last {_format_value(float(shown[-1]))}" if shown.size else "  no data"
+        present = s.values[np.isfinite(s.values)]
+        last = f"  last {_format_value(float(present[-1]))}" if present.size else "  no data"
         out.append(f'<rect x="{left}" y="{y - 9}" width="10" height="10" fill="{color}"/>')
         out.append(f'<text x="{left + 16}" y="{y}" fill="#222">{escape(s.name)}{escape(last)}</text>')
     if len(series_list) > _LEGEND_LINES:
         y = base + 16 * _LEGEND_LINES
-        out.append(f'<text x="{left}" y="{y}" fill="#666">and {len(series_list) - _LEGEND_LINES} more'
-                   "</text>")
+        out.append(f'<text x="{left}" y="{y}" fill="#666">and {len(series_list) - _LEGEND_LINES} more</text>')
     out.append("</g></svg>")
     return "\n".join(out)

@@ -80,8 +80,10 @@ def open_ingest_sockets(address: Address, rcvbuf: int, workers: int) -> tuple[li
             sock.setblocking(False)
         others = _other_sockets_on_port(port, socks)
         if others:
-            raise OSError(f"[Errno 98] Address in use: {others} other socket(s) share port {port} "
-                          f"through SO_REUSEPORT (another agent?)")
+            raise OSError(
+                f"[Errno 98] Address in use: {others} other socket(s) share port {port} "
+                f"through SO_REUSEPORT (another agent?)"
+            )
     except OSError:
         for sock in socks:
             sock.close()
@@ -89,8 +91,9 @@ def open_ingest_sockets(address: Address, rcvbuf: int, workers: int) -> tuple[li
     return socks, granted
 
 
-def _other_sockets_on_port(port: int, ours: Sequence[socket.socket],
-                           proc_net: Path = Path("/proc/net")) -> int:
+def _other_sockets_on_port(
+    port: int, ours: Sequence[socket.socket], proc_net: Path = Path("/proc/net")
+) -> int:
     """UDP sockets bound to ``port`` in this network namespace that are not ``ours``."""
     inodes = {str(os.fstat(sock.fileno()).st_ino) for sock in ours}
     others = 0
@@ -154,8 +157,10 @@ class IngestWorkers:
 
     def pids(self) -> list[int | None]:
         """The live workers' process ids, by slot (None while one is not running)."""
-        return [slot.process.pid if slot.process is not None and slot.ctrl is not None else None
-                for slot in self.slots]
+        return [
+            slot.process.pid if slot.process is not None and slot.ctrl is not None else None
+            for slot in self.slots
+        ]
 
     async def collect(self) -> None:
         """Ask every running worker to ship now, and merge what they send (before a flush)."""
@@ -169,8 +174,14 @@ class IngestWorkers:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "statsyard_agent._receiver",
-                 str(slot.sock.fileno()), str(child.fileno()), str(slot.live_fd)],
+                [
+                    sys.executable,
+                    "-m",
+                    "statsyard_agent._receiver",
+                    str(slot.sock.fileno()),
+                    str(child.fileno()),
+                    str(slot.live_fd),
+                ],
                 pass_fds=(slot.sock.fileno(), child.fileno(), slot.live_fd),
                 stdin=subprocess.DEVNULL,
                 env=_child_environment(),
@@ -190,15 +201,19 @@ class IngestWorkers:
                 if ready is not None:
                     slot.ctrl = ctrl
             if slot.ctrl is None:
-                raise IngestWorkerError(f"ingest worker {slot.index} (pid {process.pid}) did not "
-                                        f"start within {STARTUP_TIMEOUT:g} s")
+                raise IngestWorkerError(
+                    f"ingest worker {slot.index} (pid {process.pid}) did not "
+                    f"start within {STARTUP_TIMEOUT:g} s"
+                )
             log.info("ingest worker %d started (pid %d)", slot.index, process.pid)
             while True:
                 with trio.move_on_after(self._config.ship_interval):
                     await process.wait()
                 if process.returncode is not None:
-                    raise IngestWorkerError(f"ingest worker {slot.index} (pid {process.pid}) exited "
-                                            f"with status {process.returncode}")
+                    raise IngestWorkerError(
+                        f"ingest worker {slot.index} (pid {process.pid}) exited "
+                        f"with status {process.returncode}"
+                    )
                 await self._ship(slot, SHIP)
         finally:
             with trio.CancelScope(shield=True):
@@ -223,9 +238,14 @@ class IngestWorkers:
             ingest.bytes += lost[1]
             ingest.worker_lost_datagrams += lost[0]
             ingest.worker_lost_lines += lost[2]
-            log.error("ingest worker %d (pid %d) ended before shipping %d datagrams (%d lines); "
-                      "they are lost and counted in statsyard_ingest_worker_lost_datagrams_total",
-                      slot.index, process.pid, lost[0], lost[2])
+            log.error(
+                "ingest worker %d (pid %d) ended before shipping %d datagrams (%d lines); "
+                "they are lost and counted in statsyard_ingest_worker_lost_datagrams_total",
+                slot.index,
+                process.pid,
+                lost[0],
+                lost[2],
+            )
         slot.reset_live()
 
     async def _ship(self, slot: WorkerSlot, command: bytes) -> None:
@@ -248,8 +268,12 @@ class IngestWorkers:
             if frame is None:
                 slot.ctrl = None
                 if process.returncode is None:
-                    log.error("ingest worker %d (pid %d) did not ship within %g s; killing it",
-                              slot.index, process.pid, self._config.ship_timeout)
+                    log.error(
+                        "ingest worker %d (pid %d) did not ship within %g s; killing it",
+                        slot.index,
+                        process.pid,
+                        self._config.ship_timeout,
+                    )
                     process.kill()
                 return
             report, partial = pickle.loads(frame)
@@ -303,7 +327,10 @@ def worker_count(config: AgentConfig) -> int:
     configured (it needs every raw datagram on the event loop, where it runs)."""
     workers = config.ingest.workers if config.udp is not None else 0
     if workers and any(not sink.spooled for sink in config.forward):
-        log.warning("ingest.workers=%d ignored: the statsd:// relay forwards raw datagrams from "
-                    "the event loop, so UDP is received there", workers)
+        log.warning(
+            "ingest.workers=%d ignored: the statsd:// relay forwards raw datagrams from "
+            "the event loop, so UDP is received there",
+            workers,
+        )
         return 0
     return workers

@@ -27,6 +27,10 @@ fi
 # The forwarding tests start their own VictoriaMetrics on loopback (tests/test_forward_vm.py). On a
 # host with systemd the package also enables a service on :8428 (all interfaces): stop it if unwanted.
 apt_install victoria-metrics
+# The dashboard test drives headless Chromium through Playwright, which uses this system binary (no
+# browser download); the Prometheus test starts its own server on loopback. On a host with systemd
+# the prometheus package also enables a service on :9090 (all interfaces): stop it if unwanted.
+apt_install chromium prometheus
 
 step "pip install -e '.[test]'"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' || true

@@ -61,19 +61,24 @@ class FakeFetcher:
         glob = Glob(path)
         return [self._make(s, start, end, path) for s in self.series if glob.match(s.name)]
 
-    def fetch_tagged(self, expressions: Sequence[TagExpression], start: int, end: int,
-                     max_points: int | None) -> list[Series]:
+    def fetch_tagged(
+        self, expressions: Sequence[TagExpression], start: int, end: int, max_points: int | None
+    ) -> list[Series]:
         self.calls.append(("seriesByTag", start, end, max_points))
-        return [self._make(s, start, end, "x") for s in self.series
-                if all(e.matches({**s.tags, "name": s.name}) for e in expressions)]
+        return [
+            self._make(s, start, end, "x")
+            for s in self.series
+            if all(e.matches({**s.tags, "name": s.name}) for e in expressions)
+        ]
 
 
 def table(values: dict[int, float]) -> Callable[[int], float]:
     return lambda t: values.get(t, NAN)
 
 
-def run(target: str, fetcher: FakeFetcher, start: int = T0, end: int = T0 + 60,
-        max_points: int | None = None) -> list[Series]:
+def run(
+    target: str, fetcher: FakeFetcher, start: int = T0, end: int = T0 + 60, max_points: int | None = None
+) -> list[Series]:
     return evaluate(target, Context(fetcher, start, end, end, max_points))
 
 
@@ -87,13 +92,15 @@ def points(*values: float, start: int = T0, step: int = 10) -> Callable[[int], f
 
 @pytest.fixture
 def fetcher() -> FakeFetcher:
-    return FakeFetcher([
-        FakeSeries("a.x", 10, points(1, 2, NAN, 4, 5, 6)),
-        FakeSeries("a.y", 10, points(10, NAN, 30, 40, NAN, 60)),
-        FakeSeries("a.z", 10, points(NAN, NAN, NAN, NAN, NAN, NAN)),
-        FakeSeries("b.tagged", 10, points(7, 7, 7, 7, 7, 7), {"env": "prod", "dc": "eu"}),
-        FakeSeries("b.other", 10, points(1, 1, 1, 1, 1, 1), {"env": "dev", "dc": "eu"}),
-    ])
+    return FakeFetcher(
+        [
+            FakeSeries("a.x", 10, points(1, 2, NAN, 4, 5, 6)),
+            FakeSeries("a.y", 10, points(10, NAN, 30, 40, NAN, 60)),
+            FakeSeries("a.z", 10, points(NAN, NAN, NAN, NAN, NAN, NAN)),
+            FakeSeries("b.tagged", 10, points(7, 7, 7, 7, 7, 7), {"env": "prod", "dc": "eu"}),
+            FakeSeries("b.other", 10, points(1, 1, 1, 1, 1, 1), {"env": "dev", "dc": "eu"}),
+        ]
+    )
 
 
 # -- combine -----------------------------------------------------------------------------------
@@ -111,7 +118,9 @@ COMBINE = [
 
 
 @pytest.mark.parametrize(("target", "name", "expected"), COMBINE)
-def test_combining_functions(fetcher: FakeFetcher, target: str, name: str, expected: list[float | None]) -> None:
+def test_combining_functions(
+    fetcher: FakeFetcher, target: str, name: str, expected: list[float | None]
+) -> None:
     [out] = run(target, fetcher)
     assert out.name == name
     assert vals(out) == expected
@@ -129,10 +138,12 @@ def test_combining_nothing_gives_nothing(fetcher: FakeFetcher) -> None:
 
 
 def test_series_of_different_steps_combine_on_the_common_multiple() -> None:
-    fetcher = FakeFetcher([
-        FakeSeries("s.ten", 10, points(1, 3, 5, 7, 9, 11)),
-        FakeSeries("s.twenty", 20, points(100, 200, 300, step=20)),
-    ])
+    fetcher = FakeFetcher(
+        [
+            FakeSeries("s.ten", 10, points(1, 3, 5, 7, 9, 11)),
+            FakeSeries("s.twenty", 20, points(100, 200, 300, step=20)),
+        ]
+    )
     [out] = run("sumSeries(s.*)", fetcher)
     assert out.step == 20
     # the 10 s series is averaged in pairs (its consolidation), then added
@@ -140,12 +151,14 @@ def test_series_of_different_steps_combine_on_the_common_multiple() -> None:
 
 
 def test_series_starting_at_different_times_are_aligned_by_time() -> None:
-    fetcher = FakeFetcher([
-        FakeSeries("s.early", 10, points(1, 1, 1, 1, 1, 1)),
-        FakeSeries("s.late", 10, points(5, 5, 5, start=T0 + 30)),
-    ])
+    fetcher = FakeFetcher(
+        [
+            FakeSeries("s.early", 10, points(1, 1, 1, 1, 1, 1)),
+            FakeSeries("s.late", 10, points(5, 5, 5, start=T0 + 30)),
+        ]
+    )
     a, b = run("s.*", fetcher)
-    matrix, start, step = normalize([a, b])
+    _matrix, start, step = normalize([a, b])
     assert (start, step) == (T0, 10)
     [out] = run("sumSeries(s.*)", fetcher)
     assert vals(out) == [1, 1, 1, 6, 6, 6]
@@ -155,9 +168,23 @@ def test_series_starting_at_different_times_are_aligned_by_time() -> None:
 
 ROW = [4.0, NAN, 1.0, 3.0, 2.0]
 AGG_EXPECTED = {
-    "average": 2.5, "avg": 2.5, "avg_zero": 2.0, "median": 3.0, "sum": 10.0, "total": 10.0,
-    "min": 1.0, "max": 4.0, "diff": -2.0, "stddev": math.sqrt(1.25), "count": 4.0, "range": 3.0,
-    "rangeOf": 3.0, "multiply": 24.0, "first": 4.0, "last": 2.0, "current": 2.0,
+    "average": 2.5,
+    "avg": 2.5,
+    "avg_zero": 2.0,
+    "median": 3.0,
+    "sum": 10.0,
+    "total": 10.0,
+    "min": 1.0,
+    "max": 4.0,
+    "diff": -2.0,
+    "stddev": math.sqrt(1.25),
+    "count": 4.0,
+    "range": 3.0,
+    "rangeOf": 3.0,
+    "multiply": 24.0,
+    "first": 4.0,
+    "last": 2.0,
+    "current": 2.0,
 }
 
 
@@ -180,8 +207,10 @@ def test_consolidate_aligns_buckets_to_their_width() -> None:
     assert vals(out) == [3, 12, 13]
 
 
-@pytest.mark.parametrize(("func", "expected"), [("average", [1.5, 3.5, 5]), ("max", [2, 4, 5]),
-                                                 ("last", [2, 4, 5]), ("first", [1, 3, 5])])
+@pytest.mark.parametrize(
+    ("func", "expected"),
+    [("average", [1.5, 3.5, 5]), ("max", [2, 4, 5]), ("last", [2, 4, 5]), ("first", [1, 3, 5])],
+)
 def test_consolidate_by_function(func: str, expected: list[float]) -> None:
     s = Series("s", {"name": "s"}, T0, 10, np.array([1.0, 2, 3, 4, 5]), "s")
     assert vals(consolidate(s, 2, func)) == expected
@@ -227,8 +256,10 @@ TRANSFORMS = [
 
 @pytest.mark.parametrize(("target", "name", "expected"), TRANSFORMS)
 def test_transforms(fetcher: FakeFetcher, target: str, name: str, expected: list[float | None]) -> None:
-    fetcher.series += [FakeSeries("c.counter", 10, points(1, 3, 6, 2, NAN, 10)),
-                       FakeSeries("c.gaps", 10, points(1, NAN, NAN, 4, NAN, 6))]
+    fetcher.series += [
+        FakeSeries("c.counter", 10, points(1, 3, 6, 2, NAN, 10)),
+        FakeSeries("c.gaps", 10, points(1, NAN, NAN, 4, NAN, 6)),
+    ]
     [out] = run(target, fetcher)
     assert out.name == name
     assert vals(out) == pytest.approx(expected)
@@ -326,7 +357,7 @@ def graphite_percentile(points: list[float | None], n: float, interpolate: bool)
     rank = int(fractional)
     fraction = fractional - rank
     if not interpolate:
-        rank += int(math.ceil(fraction))
+        rank += math.ceil(fraction)
     if rank == 0:
         value = ordered[0]
     elif rank - 1 == len(ordered):
@@ -340,14 +371,21 @@ def graphite_percentile(points: list[float | None], n: float, interpolate: bool)
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(st.one_of(st.none(), st.integers(-50, 50).map(float)), min_size=4, max_size=4),
-                  min_size=1, max_size=7),
+    rows=st.lists(
+        st.lists(st.one_of(st.none(), st.integers(-50, 50).map(float)), min_size=4, max_size=4),
+        min_size=1,
+        max_size=7,
+    ),
     n=st.one_of(st.sampled_from([1.0, 25.0, 50.0, 75.0, 90.0, 99.0]), st.floats(0.5, 99.5)),
     interpolate=st.booleans(),
 )
-def test_percentile_of_series_matches_graphite(rows: list[list[float | None]], n: float, interpolate: bool) -> None:
-    series = [FakeSeries(f"p.s{i}", 10, points(*[NAN if v is None else v for v in row]))
-              for i, row in enumerate(rows)]
+def test_percentile_of_series_matches_graphite(
+    rows: list[list[float | None]], n: float, interpolate: bool
+) -> None:
+    series = [
+        FakeSeries(f"p.s{i}", 10, points(*[NAN if v is None else v for v in row]))
+        for i, row in enumerate(rows)
+    ]
     fetcher = FakeFetcher(series)
     [out] = run(f"percentileOfSeries(p.*, {n!r}, {str(interpolate).lower()})", fetcher, T0, T0 + 40)
     columns = list(zip(*rows, strict=True))
@@ -365,17 +403,20 @@ def test_percentile_of_series_name(fetcher: FakeFetcher) -> None:
 # -- tags ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "tags", "matches"), [
-    ("env=prod", {"env": "prod"}, True),
-    ("env=prod", {}, False),
-    ("env!=prod", {"env": "dev"}, True),
-    ("env!=prod", {}, True),
-    ("env=~pr", {"env": "prod"}, True),
-    ("env=~rod", {"env": "prod"}, False),  # anchored at the start, as graphite-web
-    ("env!=~d.v", {"env": "dev"}, False),
-    ("env=", {}, True),
-    ("name=a.b", {"name": "a.b"}, True),
-])
+@pytest.mark.parametrize(
+    ("text", "tags", "matches"),
+    [
+        ("env=prod", {"env": "prod"}, True),
+        ("env=prod", {}, False),
+        ("env!=prod", {"env": "dev"}, True),
+        ("env!=prod", {}, True),
+        ("env=~pr", {"env": "prod"}, True),
+        ("env=~rod", {"env": "prod"}, False),  # anchored at the start, as graphite-web
+        ("env!=~d.v", {"env": "dev"}, False),
+        ("env=", {}, True),
+        ("name=a.b", {"name": "a.b"}, True),
+    ],
+)
 def test_tag_expressions(text: str, tags: dict[str, str], matches: bool) -> None:
     assert parse_tag_expression(text).matches(tags) is matches
 
@@ -426,20 +467,40 @@ def test_keyword_arguments_bind_by_name(fetcher: FakeFetcher) -> None:
 def test_functions_json_is_what_grafana_parses() -> None:
     described = functions_json()
     assert set(described) == set(FUNCTIONS)
-    required = {"sumSeries", "averageSeries", "maxSeries", "minSeries", "alias", "aliasByNode", "scale",
-                "perSecond", "summarize", "consolidateBy", "movingAverage", "timeShift",
-                "percentileOfSeries", "seriesByTag", "constantLine"}
+    required = {
+        "sumSeries",
+        "averageSeries",
+        "maxSeries",
+        "minSeries",
+        "alias",
+        "aliasByNode",
+        "scale",
+        "perSecond",
+        "summarize",
+        "consolidateBy",
+        "movingAverage",
+        "timeShift",
+        "percentileOfSeries",
+        "seriesByTag",
+        "constantLine",
+    }
     assert required <= set(described)
     for name, spec in described.items():
         assert spec["name"] == name
-        assert isinstance(spec["group"], str) and spec["group"]
+        assert isinstance(spec["group"], str)
+        assert spec["group"]
         params = spec["params"]
         assert isinstance(params, list)
         for param in params:
             assert {"name", "type"} <= set(param)
     assert described["sumSeries"]["params"] == [
-        {"name": "seriesLists", "type": "seriesList", "required": True, "multiple": True}]
+        {"name": "seriesLists", "type": "seriesList", "required": True, "multiple": True}
+    ]
     summarize = described["summarize"]["params"]
     assert isinstance(summarize, list)
-    assert summarize[2] == {"name": "func", "type": "aggFunc", "default": "sum",
-                            "options": list(AGGREGATIONS)}
+    assert summarize[2] == {
+        "name": "func",
+        "type": "aggFunc",
+        "default": "sum",
+        "options": list(AGGREGATIONS),
+    }

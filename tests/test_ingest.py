@@ -17,14 +17,17 @@ from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import Event, FlushBatch, MetricKind
 
 Points = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+PARSER = ParserConfig()
+AGGREGATOR = AggregatorConfig()
 
 
 def points(batch: FlushBatch) -> Points:
     return dict(zip(zip(batch.names, batch.tags, strict=True), batch.values.tolist(), strict=True))
 
 
-def reference(datagrams: list[bytes], parser_config: ParserConfig = ParserConfig(),
-              config: AggregatorConfig = AggregatorConfig()) -> tuple[Points, SimpleCounts, Aggregator]:
+def reference(
+    datagrams: list[bytes], parser_config: ParserConfig = PARSER, config: AggregatorConfig = AGGREGATOR
+) -> tuple[Points, SimpleCounts, Aggregator]:
     """What the agent did before the pre-aggregator: parse_datagram, then add each item."""
     parser, aggregator, counts = Parser(parser_config), Aggregator(config), SimpleCounts()
     for datagram in datagrams:
@@ -44,9 +47,13 @@ def reference(datagrams: list[bytes], parser_config: ParserConfig = ParserConfig
     return points(build_flush_batch(aggregator.take_snapshot(100, 10.0))), counts, aggregator
 
 
-def preaggregated(datagrams: list[bytes], parser_config: ParserConfig = ParserConfig(),
-                  config: AggregatorConfig = AggregatorConfig(), takes: int = 1,
-                  via_pickle: bool = False) -> tuple[Points, SimpleCounts, Aggregator]:
+def preaggregated(
+    datagrams: list[bytes],
+    parser_config: ParserConfig = PARSER,
+    config: AggregatorConfig = AGGREGATOR,
+    takes: int = 1,
+    via_pickle: bool = False,
+) -> tuple[Points, SimpleCounts, Aggregator]:
     """The same through the pre-aggregator, merged ``takes`` times in the interval."""
     counts, aggregator = SimpleCounts(), Aggregator(config)
     preagg = PreAggregator(Parser(parser_config), counts, config.max_series)
@@ -62,7 +69,11 @@ def preaggregated(datagrams: list[bytes], parser_config: ParserConfig = ParserCo
 
 def same_counts(a: SimpleCounts, b: SimpleCounts) -> None:
     assert (a.lines, a.metrics, a.events, a.service_checks) == (
-        b.lines, b.metrics, b.events, b.service_checks)
+        b.lines,
+        b.metrics,
+        b.events,
+        b.service_checks,
+    )
     assert +a.parse_errors == +b.parse_errors
 
 
@@ -136,13 +147,51 @@ def test_a_bad_value_never_opens_a_series() -> None:
 
 # -- property: any bytes, same result ---------------------------------------------------------
 
-_names = st.sampled_from([b"a", b"b.c", b"x y", b"n;k=v", b"\xc3\xa9", b"a|b", b"_e{1,1}", b"_sc",
-                          b"", b".bad", b"d"])
-_values = st.sampled_from([b"1", b"0", b"-2", b"+3", b"2.5", b"0.25", b"1e3", b"1:2", b"+1:-1",
-                           b"", b"abc", b"nan", b"1_0", b" 1", b"\xff", b"m1", b"m2"])
+_names = st.sampled_from(
+    [b"a", b"b.c", b"x y", b"n;k=v", b"\xc3\xa9", b"a|b", b"_e{1,1}", b"_sc", b"", b".bad", b"d"]
+)
+_values = st.sampled_from(
+    [
+        b"1",
+        b"0",
+        b"-2",
+        b"+3",
+        b"2.5",
+        b"0.25",
+        b"1e3",
+        b"1:2",
+        b"+1:-1",
+        b"",
+        b"abc",
+        b"nan",
+        b"1_0",
+        b" 1",
+        b"\xff",
+        b"m1",
+        b"m2",
+    ]
+)
 _types = st.sampled_from([b"c", b"g", b"ms", b"h", b"d", b"s", b"x", b""])
-_sections = st.lists(st.sampled_from([b"@0.5", b"@0.25", b"@1", b"@0", b"@x", b"#a:b,c", b"#c,a:b",
-                                      b"#", b"T12", b"Tx", b"c:id", b"e:x", b""]), max_size=3)
+_sections = st.lists(
+    st.sampled_from(
+        [
+            b"@0.5",
+            b"@0.25",
+            b"@1",
+            b"@0",
+            b"@x",
+            b"#a:b,c",
+            b"#c,a:b",
+            b"#",
+            b"T12",
+            b"Tx",
+            b"c:id",
+            b"e:x",
+            b"",
+        ]
+    ),
+    max_size=3,
+)
 
 
 @st.composite
@@ -155,14 +204,14 @@ def _line(draw: st.DrawFn) -> bytes:
     return line + draw(st.sampled_from([b"", b"", b"\r"]))
 
 
-_datagrams = st.lists(st.lists(_line(), min_size=1, max_size=8).map(b"\n".join), min_size=1,
-                      max_size=12)
+_datagrams = st.lists(st.lists(_line(), min_size=1, max_size=8).map(b"\n".join), min_size=1, max_size=12)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(datagrams=_datagrams, takes=st.integers(1, 4), via_pickle=st.booleans())
-def test_any_traffic_gives_what_parse_and_add_give(datagrams: list[bytes], takes: int,
-                                                    via_pickle: bool) -> None:
+def test_any_traffic_gives_what_parse_and_add_give(
+    datagrams: list[bytes], takes: int, via_pickle: bool
+) -> None:
     want, want_counts, want_agg = reference(datagrams)
     got, got_counts, got_agg = preaggregated(datagrams, takes=takes, via_pickle=via_pickle)
     same_counts(got_counts, want_counts)
@@ -193,9 +242,12 @@ def test_merge_folds_partials_into_existing_series() -> None:
 
 def test_merge_respects_max_series_and_counts_refusals() -> None:
     aggregator = Aggregator(AggregatorConfig(max_series=2))
-    partial = Partial(counters={("a", ()): 1.0, ("b", ()): 1.0, ("c", ()): 1.0},
-                      samples={(MetricKind.TIMER, ("t", ()), 1.0): array("d", [1.0, 2.0])},
-                      refused=4, refused_keys={("c", ("c", ())), ("g", ("x", ()))})
+    partial = Partial(
+        counters={("a", ()): 1.0, ("b", ()): 1.0, ("c", ()): 1.0},
+        samples={(MetricKind.TIMER, ("t", ()), 1.0): array("d", [1.0, 2.0])},
+        refused=4,
+        refused_keys={("c", ("c", ())), ("g", ("x", ()))},
+    )
     aggregator.merge(partial)
     assert aggregator.active_series == 2
     # c refused here and by the producer (counted once), t refused here, x by the producer
@@ -227,7 +279,8 @@ def test_take_hands_over_and_starts_empty() -> None:
     preagg.feed(b"a:1|c\n_e{1,1}:a|b")
     assert preagg.pending == 2
     partial = preagg.take()
-    assert len(partial) == 2 and partial.events == [Event("a", "b", "info", ())]
+    assert len(partial) == 2
+    assert partial.events == [Event("a", "b", "info", ())]
     assert preagg.pending == 0
     preagg.feed(b"a:1|c")  # the spec is still known: fast path into a fresh slot
     assert preagg.take().counters == {("a", ()): 1.0}

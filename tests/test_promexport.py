@@ -4,7 +4,6 @@ server (Debian ``prometheus``) scraping the agent and reading the counters back 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import shutil
@@ -36,7 +35,7 @@ from statsyard_agent._promexport import (
 from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import FlushBatch
 
-from .conftest import make_config, start_agent, wait_for
+from .conftest import make_config, start_agent
 from .test_graphite import call, send
 
 T0 = 1_700_000_000
@@ -91,11 +90,19 @@ BAD_CONFIGS = [
     ({"mappings": [{"match": "(", "match_type": "regex", "name": "x"}]}, "prometheus.mappings[0].match"),
     ({"mappings": [{"match": "a", "match_type": "fuzzy", "name": "x"}]}, "prometheus.mappings[0].match_type"),
     ({"mappings": [{"match": "a", "name": "x", "action": "keep"}]}, "prometheus.mappings[0].action"),
-    ({"mappings": [{"match": "a", "name": "x", "match_metric_type": "meter"}]},
-     "prometheus.mappings[0].match_metric_type"),
-    ({"mappings": [{"match": "a", "name": "x", "labels": {"__x": "y"}}]}, "prometheus.mappings[0].labels.__x"),
+    (
+        {"mappings": [{"match": "a", "name": "x", "match_metric_type": "meter"}]},
+        "prometheus.mappings[0].match_metric_type",
+    ),
+    (
+        {"mappings": [{"match": "a", "name": "x", "labels": {"__x": "y"}}]},
+        "prometheus.mappings[0].labels.__x",
+    ),
     ({"mappings": [{"match": "a", "name": "x", "labels": {"k": 1}}]}, "prometheus.mappings[0].labels.k"),
-    ({"mappings": [{"match": "a", "name": "x", "observer_type": "bar"}]}, "prometheus.mappings[0].observer_type"),
+    (
+        {"mappings": [{"match": "a", "name": "x", "observer_type": "bar"}]},
+        "prometheus.mappings[0].observer_type",
+    ),
 ]
 
 
@@ -116,18 +123,31 @@ def test_config_section_in_the_agent_config() -> None:
     assert caught.value.key == "prometheus.enable"
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("api.requests", "api_requests"), ("1st.place", "_1st_place"), ("a-b/c d", "a_b_c_d"),
-    ("ok:name_1", "ok:name_1"), ("", "_"), ("é", "_"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("api.requests", "api_requests"),
+        ("1st.place", "_1st_place"),
+        ("a-b/c d", "a_b_c_d"),
+        ("ok:name_1", "ok:name_1"),
+        ("", "_"),
+        ("é", "_"),
+    ],
+)
 def test_metric_names_are_sanitised(name: str, expected: str) -> None:
     assert sanitize_metric_name(name) == expected
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("env", "env"), ("kube.pod-name", "kube_pod_name"), ("9lives", "_9lives"), ("__meta", "_meta"),
-    ("a:b", "a_b"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("env", "env"),
+        ("kube.pod-name", "kube_pod_name"),
+        ("9lives", "_9lives"),
+        ("__meta", "_meta"),
+        ("a:b", "a_b"),
+    ],
+)
 def test_label_names_are_sanitised(name: str, expected: str) -> None:
     assert sanitize_label_name(name) == expected
 
@@ -216,8 +236,10 @@ MAPPINGS = [
 
 def test_mapping_rules_first_match_wins() -> None:
     feed, export = Feed(), exporter(mappings=MAPPINGS, buckets=[1])
-    lines = (b"api.login.requests:1|c|#env:prod\napi.login.errors:2|c\ndb.users.reads:5|c\n"
-             b"jobs.backup:1|g\njobs.count:3|c\ndebug.noise:9|c\nslow.query:500|ms")
+    lines = (
+        b"api.login.requests:1|c|#env:prod\napi.login.errors:2|c\ndb.users.reads:5|c\n"
+        b"jobs.backup:1|g\njobs.count:3|c\ndebug.noise:9|c\nslow.query:500|ms"
+    )
     export.observe(feed.batch(lines, T0))
     text = export.render()
     got = samples(text)
@@ -290,7 +312,8 @@ def test_pending_batches_are_bounded() -> None:
 async def test_off_by_default_with_a_hint(nursery: trio.Nursery, tmp_path: Path) -> None:
     agent = await start_agent(nursery, make_config(tmp_path / "data"))
     status, _, body = await call(agent.http_port, "/metrics/statsd")
-    assert status == 404 and b"[prometheus] enabled = true" in body
+    assert status == 404
+    assert b"[prometheus] enabled = true" in body
     await agent.stop()
 
 
@@ -324,7 +347,9 @@ def _prometheus_query(port: int, query: str) -> dict[tuple[tuple[str, str], ...]
         return {}
     out = {}
     for item in reply["data"]["result"]:
-        labels = tuple(sorted((k, v) for k, v in item["metric"].items() if k not in ("job", "instance")))
+        labels = tuple(
+            sorted((k, v) for k, v in item["metric"].items() if k not in ("job", "instance", "__name__"))
+        )
         out[labels] = float(item["value"][1])
     return out
 
@@ -343,39 +368,50 @@ async def test_a_real_prometheus_reads_back_the_counters(nursery: trio.Nursery, 
     config.write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
         "scrape_configs:\n  - job_name: statsyard\n    metrics_path: /metrics/statsd\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{agent.http_port}']\n")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'prometheus'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        expected = {
-            "checkout_orders_total": {(): 15.0, (("env", "prod"),): 10.0},
-            "page_views_total": {(): 50.0},
-        }
-        seen: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-
-        async def read_back() -> bool:
-            for name in expected:
-                seen[name] = await trio.to_thread.run_sync(_prometheus_query, port, name)
-            return seen == expected
-
-        await _wait_async(read_back, 60, lambda: f"Prometheus answered {seen}, want {expected}")
-
-        # counters are cumulative: one more flush adds to what Prometheus already has
-        await send(agent, b"checkout.orders:4|c")
-        await agent.handle.flush()
-        expected["checkout_orders_total"][()] = 19.0
-        await _wait_async(read_back, 60, lambda: f"Prometheus answered {seen}, want {expected}")
-    finally:
-        process.terminate()
+        f"    static_configs:\n      - targets: ['127.0.0.1:{agent.http_port}']\n"
+    )
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log_file:
+        process = await trio.lowlevel.open_process(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
         try:
-            await trio.to_thread.run_sync(process.wait, 20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await trio.to_thread.run_sync(process.wait)
-        assert process.stderr is not None
-        process.stderr.close()
+            expected = {
+                "checkout_orders_total": {(): 15.0, (("env", "prod"),): 10.0},
+                "page_views_total": {(): 50.0},
+            }
+            seen: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+
+            async def read_back() -> bool:
+                for name in expected:
+                    seen[name] = await trio.to_thread.run_sync(_prometheus_query, port, name)
+                return seen == expected
+
+            def describe() -> str:
+                return f"Prometheus answered {seen}, want {expected}; its log: {log_path.read_text()[-2000:]}"
+
+            await _wait_async(read_back, 60, describe)
+
+            # counters are cumulative: one more flush adds to what Prometheus already has
+            await send(agent, b"checkout.orders:4|c")
+            await agent.handle.flush()
+            expected["checkout_orders_total"][()] = 19.0
+            await _wait_async(read_back, 60, describe)
+        finally:
+            process.terminate()
+            with trio.move_on_after(20):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
     await agent.stop()
 
 
@@ -388,5 +424,8 @@ async def _wait_async(predicate: Any, seconds: float, describe: Any) -> None:
         await trio.sleep(0.25)
 
 
-def test_unused_imports_guard() -> None:
-    assert itertools and wait_for  # kept for parity with the other agent tests
+def test_label_values_are_escaped() -> None:
+    feed, export = Feed(), exporter()
+    export.observe(feed.batch(b'hits:1|c|#path:C:\\dir\\"x"', T0))
+    got = samples(export.render())
+    assert got[("hits_total", (("path", 'C:\\dir\\"x"'),))] == 1

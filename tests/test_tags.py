@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig
 from statsyard_agent._config import TagsConfig, build_config
+from statsyard_agent._exceptions import ConfigError
 from statsyard_agent._protocol import Parser
 from statsyard_agent._tags import BatchTagger, agent_tags, merge_tags, resolve_agent_tags
 from statsyard_agent._types import FlushBatch, Tags
@@ -187,3 +188,33 @@ def test_batch_tagger_never_merges_series_and_only_adds(
         assert new == tuple(sorted(new))
         added = set(new) - set(old)
         assert added <= set(extra.items())
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"tags": "env:prod"}, None, ""),  # a comma-separated string is accepted (flags, env)
+        ({"tags": [1]}, "tags", "as strings"),
+        ({"tags": {"env": "prod"}}, "tags", "a list"),
+        ({"tags": ["env:pr od"]}, "tags", "bad tag"),
+        ({"tags": ["env:a;b"]}, "tags", "bad tag"),
+        ({"tags": [":prod"]}, "tags", "bad tag"),
+        ({"tag_cardinality": "medium"}, "tag_cardinality", "low, orchestrator, high"),
+        ({"host_tag": "my host"}, "host_tag", "spaces"),
+        ({"env_tags": {"low": {"ns": "1BAD"}}}, "env_tags.low", "environment variable name"),
+        ({"env_tags": {"low": {"bad key": "X"}}}, "env_tags.low", "bad tag key"),
+        ({"env_tags": {"low": {"x": "A"}, "high": {"x": "B"}}}, "env_tags.high", "also in"),
+        ({"env_tags": {"low": ["POD_NAME"]}}, "env_tags.low", "a table"),
+        ({"env_tags": {"medium": {}}}, "env_tags.medium", "unknown key"),
+    ],
+)
+def test_tag_settings_are_validated_naming_the_key(
+    values: dict[str, object], key: str | None, words: str
+) -> None:
+    if key is None:
+        build_config(values)
+        return
+    with pytest.raises(ConfigError) as caught:
+        build_config(values)
+    assert caught.value.key == key
+    assert words in caught.value.message

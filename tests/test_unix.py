@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from statsyard_agent import _unix
-from statsyard_agent._config import UnixConfig
+from statsyard_agent._config import UnixConfig, build_config
 from statsyard_agent._exceptions import ConfigError
 from statsyard_agent._faults import FaultInjector
 from statsyard_agent._protocol import ParserConfig
@@ -434,3 +434,31 @@ async def test_origins_beyond_the_bound_are_merged_not_lost(
     with trio.fail_after(30):
         await agent.handle.flush()
     assert await requests_by_origin(agent) == {(("process", f"p{n}"),): 6 for n in range(3)}
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"unix": 5}, "expected a string"),
+        ({"unix": "@statsd"}, "abstract sockets"),
+        ({"unix": "/run/a\0b"}, "NUL byte"),
+        ({"unix": "/" + "x" * 107}, "107 bytes"),
+        ({"unix_mode": 660}, "a plain 660 is decimal"),
+        ({"unix_mode": "0o1777"}, "within 0..0777"),
+        ({"unix_mode": "rw-rw----"}, "octal mode"),
+        ({"unix_mode": True}, "octal mode"),
+        ({"origin_detection": "yes"}, "true or false"),
+    ],
+)
+def test_bad_unix_settings_are_refused_naming_the_key(values: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(values)
+    assert caught.value.key == next(iter(values))
+    assert words in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("0660", 0o660), ("600", 0o600), ("0o640", 0o640), (0o644, 0o644), (0, 0)]
+)
+def test_unix_mode_forms(mode: object, expected: int) -> None:
+    assert build_config({"unix": "/run/s.sock", "unix_mode": mode}).unix.mode == expected

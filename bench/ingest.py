@@ -1,0 +1,1064 @@
+"""Ingest at line rate: StatsYard against Etsy statsd, side by side, on this machine's loopback.
+
+    python bench/ingest.py                      # everything (about 20 minutes on 2 cores)
+    python bench/ingest.py --parts table        # only the side-by-side table
+    python bench/ingest.py --parts loops,flush,memory --seconds 4
+
+Parts (``--parts``, comma-separated):
+
+* ``loops``: the receive-loop options, each as a bare receiver (no agent around it) fed faster than
+  it can read: IO model (trio ``wait_readable`` + drain, a uvloop datagram endpoint, ``poll`` +
+  drain) x per-line engine (``Parser.parse_datagram`` + ``Aggregator.add``, the pre-issue path;
+  the prefix-cache ``PreAggregator``) x 1 or 2 processes on ``SO_REUSEPORT``. Prints lines/s and
+  CPU µs per line.
+* ``table``: for StatsYard (``--workers`` ingest workers each) and for Etsy statsd 0.9 (installed
+  with ``npm install statsd`` into ``bench/.deps/etsy``, its graphite backend pointed at a TCP
+  sink in this process that adds up the counters it receives), the highest offered rate with
+  < 0.1 % loss of counter increments, searched by trials of ``--seconds`` each. Loss is measured
+  from the counter totals each side flushed (read back from the data directory, or summed by the
+  sink) against what was sent. Each trial also records CPU seconds per million lines received
+  (the whole process tree, user + system), the peak RSS (sum of the processes' VmHWM), the
+  kernel's drop count for the sockets, and drops that no socket counter shows (the loopback
+  backlog, ``/proc/net/softnet_stat``). Done for 20 lines per datagram and for 1 line per
+  datagram (what un-batched clients send). Prints one table with the ratio ours/theirs.
+* ``flush``: 100,000 active series (50k counters, 50k timers) with ~1M timer samples per
+  interval, sent continuously through several flushes: datagrams dropped (kernel) while flushes
+  run, counter loss, flush and write durations.
+* ``memory``: RSS per idle active series (100k series sent once, then idle within the TTL).
+
+The workload: 10,000 distinct names, each with a fixed kind: 40 % counters (DogStatsD tags, one
+in ten at ``@0.5``), 30 % timers (half tagged, one in five at ``@0.1``), 20 % gauges (a quarter
+of them signed deltas), 10 % sets; tags always last (Etsy reads ``|#`` only there). The load
+generator is ``bench/udp_sender.c`` (built with gcc here): threads sending with ``sendmmsg``,
+paced, over 32 source ports so ``SO_REUSEPORT`` can spread them. It shares the machine with the
+agent, as the issue asks. Figures only: nothing is asserted. The machine may be shared with other
+work; the load average is printed with each part so a noisy run can be recognised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import select
+import shutil
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPS = ROOT / "bench" / ".deps"
+ETSY_VERSION = "0.9.0"
+SENDER_THREADS = 2
+SENDER_SOCKETS = 16  # per thread: 32 source ports in all
+LOSS_LIMIT = 0.001
+NAMES = 10_000
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- workload ----------------------------------------------------------------------------------
+
+
+def make_lines(count: int, seed: int = 1, names: int = NAMES) -> Iterator[tuple[bytes, float]]:
+    """Lines of the mix and the counter increment each carries (value / rate, 0 if none)."""
+    rng = random.Random(seed)
+    services = ("api", "web", "worker", "billing", "search")
+    for _ in range(count):
+        k = rng.randrange(names)
+        svc = services[k % 5]
+        share = (k * 7919 % 100) / 100  # a fixed kind per name
+        if share < 0.40:
+            if k % 10 == 0:
+                yield f"bench.{svc}.requests.n{k}:1|c|@0.5|#env:prod,service:{svc}".encode(), 2.0
+            else:
+                status = 200 if k % 7 else 500
+                yield (f"bench.{svc}.requests.n{k}:1|c|#env:prod,service:{svc},status:{status}".encode(), 1.0)
+        elif share < 0.70:
+            value = round(rng.lognormvariate(3, 1), 1)
+            rate = "|@0.1" if k % 5 == 0 else ""
+            tags = f"|#db:{svc}" if k % 2 else ""
+            yield f"bench.{svc}.latency.n{k}:{value}|ms{rate}{tags}".encode(), 0.0
+        elif share < 0.90:
+            if k % 4 == 0:
+                sign = "+" if rng.random() < 0.5 else "-"
+                yield f"bench.{svc}.queue.n{k}:{sign}{rng.randrange(1, 10)}|g".encode(), 0.0
+            else:
+                yield f"bench.{svc}.queue.n{k}:{rng.randrange(1000)}|g|#env:prod".encode(), 0.0
+        else:
+            yield f"bench.{svc}.users.n{k}:u{rng.randrange(500)}|s".encode(), 0.0
+
+
+@dataclass
+class Workload:
+    """A file of datagrams for the sender, and what each carries."""
+
+    path: Path
+    lines_per_datagram: int
+    datagrams: int
+    increments: list[float]  # counter increments per datagram
+
+    def sent(self, per_thread: list[int]) -> tuple[int, float]:
+        """Datagrams and counter increments sent, given each sender thread's count (thread t
+        sends datagrams t, t+T, t+2T, ... of the file, wrapping around)."""
+        threads = len(per_thread)
+        total = 0.0
+        for t, count in enumerate(per_thread):
+            own = self.increments[t::threads]
+            cycles, rest = divmod(count, len(own))
+            total += cycles * sum(own) + sum(own[:rest])
+        return sum(per_thread), total
+
+
+def build_workload(directory: Path, lines_per_datagram: int, datagrams: int) -> Workload:
+    assert datagrams % SENDER_THREADS == 0
+    lines = make_lines(datagrams * lines_per_datagram)
+    path = directory / f"workload-{lines_per_datagram}.bin"
+    increments = []
+    with path.open("wb") as out:
+        for _ in range(datagrams):
+            chunk = [next(lines) for _ in range(lines_per_datagram)]
+            payload = b"\n".join(line for line, _ in chunk)
+            out.write(struct.pack("<I", len(payload)) + payload)
+            increments.append(sum(inc for _, inc in chunk))
+    return Workload(path, lines_per_datagram, datagrams, increments)
+
+
+def build_sender(directory: Path) -> Path:
+    binary = directory / "udp_sender"
+    subprocess.run(
+        ["gcc", "-O2", "-pthread", "-o", str(binary), str(ROOT / "bench" / "udp_sender.c")], check=True
+    )
+    return binary
+
+
+@dataclass
+class Sent:
+    datagrams: int
+    increments: float
+    seconds: float
+    offered_lines_per_s: float
+
+
+def send(sender: Path, workload: Workload, port: int, lines_per_s: float, seconds: float) -> Sent:
+    rate = lines_per_s / workload.lines_per_datagram
+    out = subprocess.run(
+        [
+            str(sender),
+            "127.0.0.1",
+            str(port),
+            str(workload.path),
+            f"{rate:.0f}",
+            str(seconds),
+            str(SENDER_THREADS),
+            str(SENDER_SOCKETS),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    per_thread = [int(line.split()[2]) for line in out if line.startswith("sent ")]
+    elapsed = next(float(line.split()[1]) for line in out if line.startswith("elapsed "))
+    datagrams, increments = workload.sent(per_thread)
+    return Sent(datagrams, increments, elapsed, datagrams * workload.lines_per_datagram / elapsed)
+
+
+# -- processes and kernel counters ---------------------------------------------------------------
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (one level: the agent's workers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return [pid, *children]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def peak_rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        except OSError:
+            continue
+    return total
+
+
+def udp_drops(port: int) -> int:
+    """The kernel's drop counter summed over every UDP socket bound to ``port``."""
+    drops = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                drops += int(fields[12])
+    return drops
+
+
+def backlog_drops() -> int:
+    """Packets dropped before any socket (per-CPU input backlog full): /proc/net/softnet_stat."""
+    return sum(int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines())
+
+
+def loadavg() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+# -- the two systems under test --------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    system: str
+    lines_per_datagram: int
+    target_lines_per_s: float
+    offered_lines_per_s: float = 0.0
+    sent_datagrams: int = 0
+    sent_increments: float = 0.0
+    counted_increments: float = 0.0
+    loss: float = 1.0
+    kernel_drops: int = 0
+    backlog_drops: int = 0
+    unaccounted_datagrams: int = 0
+    cpu_s_per_m_lines: float = 0.0
+    peak_rss_bytes: int = 0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.loss < LOSS_LIMIT
+
+    @property
+    def sender_limited(self) -> bool:
+        return self.offered_lines_per_s < 0.97 * self.target_lines_per_s
+
+
+class StatsYard:
+    """The agent as a real process (``python -m statsyard_agent``)."""
+
+    def __init__(self, workers: int, flush_interval: int, scratch: Path, extra: tuple[str, ...] = ()) -> None:
+        self.workers = workers
+        self.name = f"statsyard (workers={workers})"
+        self.flush_interval = flush_interval
+        self.scratch = scratch
+        self.extra = extra
+
+    @contextmanager
+    def running(self) -> Iterator[StatsYardProcess]:
+        data_dir = Path(tempfile.mkdtemp(prefix="statsyard-bench-", dir=self.scratch))
+        process = StatsYardProcess(self.workers, self.flush_interval, data_dir, self.extra)
+        try:
+            yield process
+        finally:
+            process.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class StatsYardProcess:
+    def __init__(self, workers: int, flush_interval: int, data_dir: Path, extra: tuple[str, ...]) -> None:
+        self.udp_port, self.http_port = free_port(), free_port(socket.SOCK_STREAM)
+        self.data_dir = data_dir
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statsyard_agent",
+                "--udp",
+                f"127.0.0.1:{self.udp_port}",
+                "--http",
+                f"127.0.0.1:{self.http_port}",
+                "--data-dir",
+                str(data_dir),
+                "--flush-interval",
+                str(flush_interval),
+                "--ingest-workers",
+                str(workers),
+                *extra,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.log: list[str] = []
+        ready = threading.Event()
+
+        def read_log() -> None:  # ready once the agent and every worker said so
+            assert self.process.stderr is not None
+            agent_ready, started = False, 0
+            for line in self.process.stderr:
+                self.log.append(line.rstrip())
+                agent_ready = agent_ready or "statsyard-agent ready" in line
+                started += "ingest worker" in line and " started " in line
+                if agent_ready and started >= workers:
+                    ready.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not ready.wait(0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("agent did not start:\n" + "\n".join(self.log[-20:]))
+        self.pids = process_tree(self.process.pid)
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def wait_accounted(self, datagrams: int, timeout: float = 10.0) -> dict[str, float]:
+        """Wait until every sent datagram was received or dropped (workers ship each second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            metrics = self.metrics()
+            seen = metrics.get("statsyard_udp_packets_received_total", 0) + metrics.get(
+                "statsyard_udp_kernel_drops_total", 0
+            )
+            if seen >= datagrams or time.monotonic() > deadline:
+                return metrics
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def counter_total(self) -> float:
+        sys.path.insert(0, str(ROOT))
+        import numpy as np
+
+        from statsyard_agent.storage import Reader
+
+        reader = Reader(self.data_dir)
+        try:
+            now = int(time.time())
+            found = reader.query(
+                "stats.counters.bench.*.requests.*.count", now - 600, now + 60, max_series=NAMES
+            )
+        finally:
+            reader.close()
+        return float(sum(float(np.nansum(series.values)) for series in found))
+
+
+class GraphiteSink(socketserver.ThreadingTCPServer):
+    """Counts what Etsy's graphite backend sends: the sum of every bench counter's ``.count``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SinkHandler)
+        self.lock = threading.Lock()
+        self.flushes: list[tuple[float, float, float]] = []  # (opened, closed, counter sum)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _SinkHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        opened = time.monotonic()
+        total = 0.0
+        for raw in self.rfile:
+            parts = raw.split()
+            if len(parts) == 3:
+                base = parts[0].split(b";", 1)[0]
+                if base.startswith(b"stats.counters.bench.") and base.endswith(b".count"):
+                    total += float(parts[1])
+        server = self.server
+        assert isinstance(server, GraphiteSink)
+        with server.lock:
+            server.flushes.append((opened, time.monotonic(), total))
+
+
+class Etsy:
+    """Etsy statsd 0.9 under node, graphite backend into a :class:`GraphiteSink`."""
+
+    name = f"Etsy statsd {ETSY_VERSION}"
+
+    def __init__(self, flush_interval: int, scratch: Path) -> None:
+        self.flush_interval = flush_interval
+        self.scratch = scratch
+        self.home = install_etsy()
+
+    @contextmanager
+    def running(self) -> Iterator[EtsyProcess]:
+        process = EtsyProcess(self.home, self.flush_interval, self.scratch)
+        try:
+            yield process
+        finally:
+            process.stop()
+
+
+class EtsyProcess:
+    def __init__(self, home: Path, flush_interval: int, scratch: Path) -> None:
+        self.sink = GraphiteSink()
+        threading.Thread(target=self.sink.serve_forever, daemon=True).start()
+        self.udp_port, mgmt_port = free_port(), free_port(socket.SOCK_STREAM)
+        self.flush_interval = flush_interval
+        config = {
+            "address": "127.0.0.1",
+            "port": self.udp_port,
+            "mgmt_address": "127.0.0.1",
+            "mgmt_port": mgmt_port,
+            "flushInterval": flush_interval * 1000,
+            "backends": ["./backends/graphite"],
+            "graphiteHost": "127.0.0.1",
+            "graphitePort": self.sink.port,
+            "graphite": {"legacyNamespace": False},
+        }
+        self.config_path = scratch / f"etsy-{self.udp_port}.js"
+        self.config_path.write_text("module.exports = " + json.dumps(config) + ";\n")
+        self.process = subprocess.Popen(
+            ["node", "stats.js", str(self.config_path)],
+            cwd=home / "node_modules" / "statsd",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:  # up once the management port answers
+            try:
+                with socket.create_connection(("127.0.0.1", mgmt_port), timeout=1):
+                    break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("Etsy statsd did not start") from None
+                time.sleep(0.1)
+        self.pids = [self.process.pid]
+
+    def counter_total_after(self, sent_end: float) -> float:
+        """Wait for a flush that began after everything sent was read, then sum all flushes."""
+        deadline = time.monotonic() + 3 * self.flush_interval + 10
+        while time.monotonic() < deadline:
+            with self.sink.lock:
+                if any(opened > sent_end + 0.5 for opened, _, _ in self.sink.flushes):
+                    return sum(total for _, _, total in self.sink.flushes)
+            time.sleep(0.1)
+        with self.sink.lock:
+            return sum(total for _, _, total in self.sink.flushes)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.sink.shutdown()
+        self.sink.server_close()
+        self.config_path.unlink(missing_ok=True)
+
+
+def install_etsy() -> Path:
+    home = DEPS / "etsy"
+    if not (home / "node_modules" / "statsd" / "stats.js").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        log(f"npm install statsd@{ETSY_VERSION} into {home}")
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", f"statsd@{ETSY_VERSION}"],
+            cwd=home,
+            check=True,
+        )
+    return home
+
+
+# -- one trial, and the search for the highest rate with < 0.1 % loss ---------------------------
+
+
+def trial_statsyard(
+    system: StatsYard, sender: Path, workload: Workload, lines_per_s: float, seconds: float
+) -> Trial:
+    result = Trial(system.name, workload.lines_per_datagram, lines_per_s)
+    with system.running() as agent:
+        backlog0, cpu0 = backlog_drops(), cpu_seconds(agent.pids)
+        sent = send(sender, workload, agent.udp_port, lines_per_s, seconds)
+        metrics = agent.wait_accounted(sent.datagrams)
+        cpu1, hwm = cpu_seconds(agent.pids), peak_rss(agent.pids)
+        received = metrics.get("statsyard_udp_packets_received_total", 0)
+        drops = metrics.get("statsyard_udp_kernel_drops_total", 0)
+        result.backlog_drops = backlog_drops() - backlog0
+        agent.stop()
+        counted = agent.counter_total()
+    _finish(result, sent, counted, int(drops), cpu1 - cpu0, hwm, received_datagrams=int(received))
+    return result
+
+
+def trial_etsy(system: Etsy, sender: Path, workload: Workload, lines_per_s: float, seconds: float) -> Trial:
+    result = Trial(system.name, workload.lines_per_datagram, lines_per_s)
+    with system.running() as etsy:
+        backlog0, cpu0, drops0 = backlog_drops(), cpu_seconds(etsy.pids), udp_drops(etsy.udp_port)
+        sent = send(sender, workload, etsy.udp_port, lines_per_s, seconds)
+        sent_end = time.monotonic()
+        counted = etsy.counter_total_after(sent_end)
+        cpu1, hwm = cpu_seconds(etsy.pids), peak_rss(etsy.pids)
+        drops = udp_drops(etsy.udp_port) - drops0
+        result.backlog_drops = backlog_drops() - backlog0
+    _finish(result, sent, counted, drops, cpu1 - cpu0, hwm, received_datagrams=None)
+    return result
+
+
+def _finish(
+    result: Trial,
+    sent: Sent,
+    counted: float,
+    drops: int,
+    cpu: float,
+    hwm: int,
+    received_datagrams: int | None,
+) -> None:
+    result.offered_lines_per_s = sent.offered_lines_per_s
+    result.sent_datagrams = sent.datagrams
+    result.sent_increments = sent.increments
+    result.counted_increments = counted
+    result.loss = max(0.0, 1.0 - counted / sent.increments) if sent.increments else 1.0
+    result.kernel_drops = drops
+    received = received_datagrams if received_datagrams is not None else sent.datagrams - drops
+    if received_datagrams is not None:
+        result.unaccounted_datagrams = sent.datagrams - received_datagrams - drops
+    lines = max(1, received * result.lines_per_datagram)
+    result.cpu_s_per_m_lines = cpu / (lines / 1e6)
+    result.peak_rss_bytes = hwm
+
+
+def search(run: Callable[[float], Trial], start: float, steps: int = 3) -> tuple[Trial | None, list[Trial]]:
+    """Highest rate with < 0.1 % loss: grow by 1.5x until a trial fails, then bisect ``steps``
+    times. Returns the best passing trial (None if even ``start`` / 8 fails) and all trials."""
+    trials: list[Trial] = []
+
+    def attempt(rate: float) -> Trial:
+        trial = run(rate)
+        trials.append(trial)
+        log(
+            f"  {trial.system:28} {trial.lines_per_datagram:2} lines/dgram  target {rate / 1e3:8.1f}k "
+            f"offered {trial.offered_lines_per_s / 1e3:8.1f}k lines/s  loss {trial.loss * 100:7.3f} %  "
+            f"drops {trial.kernel_drops}  backlog {trial.backlog_drops}  "
+            f"cpu {trial.cpu_s_per_m_lines:.2f} s/M  {'ok' if trial.ok else 'FAIL'}"
+        )
+        return trial
+
+    good: Trial | None = None
+    bad_rate: float | None = None
+    rate = start
+    while True:
+        trial = attempt(rate)
+        if trial.ok:
+            good = trial
+            if trial.sender_limited:
+                trial.note = "sender-limited"
+                return good, trials
+            rate *= 1.5
+        else:
+            bad_rate = rate
+            if good is not None:
+                break
+            rate /= 2
+            if rate < start / 8:
+                return None, trials
+    low = good.target_lines_per_s
+    for _ in range(steps):
+        middle = (low + bad_rate) / 2
+        trial = attempt(middle)
+        if trial.ok:
+            good, low = trial, middle
+        else:
+            bad_rate = middle
+    return good, trials
+
+
+# -- the receive-loop options ---------------------------------------------------------------------
+
+
+def loops_receiver(mode: str, engine: str, port: int, processes: int) -> None:
+    """Child side of ``loops``: ``processes`` receivers on SO_REUSEPORT sockets; each prints
+    'done LINES CPU_SECONDS' once idle for 1.5 s after its first datagram."""
+    sys.path.insert(0, str(ROOT))
+    socks = []
+    for _ in range(processes):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind(("127.0.0.1", port))
+        sock.setblocking(False)
+        socks.append(sock)
+    children = []
+    for sock in socks[1:]:
+        pid = os.fork()
+        if pid == 0:
+            _receive(mode, engine, sock)
+            os._exit(0)
+        children.append(pid)
+    print("ready", flush=True)
+    _receive(mode, engine, socks[0])
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _receive(mode: str, engine: str, sock: socket.socket) -> None:
+    from statsyard_agent._aggregate import Aggregator, AggregatorConfig
+    from statsyard_agent._ingest import PreAggregator, SimpleCounts
+    from statsyard_agent._protocol import Parser
+
+    counts = SimpleCounts()
+    if engine == "preagg":
+        feed = PreAggregator(Parser(), counts, 1_000_000).feed
+    else:
+        parser, aggregator = Parser(), Aggregator(AggregatorConfig(max_series=1_000_000))
+        add = aggregator.add
+
+        def feed(data: bytes) -> None:
+            result = parser.parse_datagram(data)
+            counts.lines += result.lines
+            for metric in result.metrics:
+                add(metric)
+
+    idle = 1.5
+    buffer = bytearray(65535)
+    view = memoryview(buffer)
+
+    def drain() -> int:
+        n = 0
+        while n < 512:
+            try:
+                size = sock.recv_into(buffer)
+            except BlockingIOError:
+                break
+            n += 1
+            feed(bytes(view[:size]))
+        return n
+
+    if mode == "poll":
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        got = 0
+        while True:
+            if not poller.poll(idle * 1000):
+                if got:
+                    break
+                continue
+            got += drain()
+    elif mode == "trio":
+        import trio
+
+        async def main() -> None:
+            got = 0
+            while True:
+                with trio.move_on_after(idle) as scope:
+                    await trio.lowlevel.wait_readable(sock)
+                if scope.cancelled_caught:
+                    if got:
+                        return
+                    continue
+                got += drain()
+
+        trio.run(main)
+    else:
+        import asyncio
+
+        import uvloop
+
+        class Endpoint(asyncio.DatagramProtocol):
+            last = 0.0
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                feed(data)
+                self.last = time.monotonic()
+
+        async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            _, endpoint = await loop.create_datagram_endpoint(Endpoint, sock=sock)
+            # Polled: "idle for 1.5 s" has no event to wait on.
+            while not endpoint.last or time.monotonic() - endpoint.last < idle:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+
+        uvloop.run(serve())
+    usage = os.times()
+    print(f"done {counts.lines} {usage.user + usage.system}", flush=True)
+
+
+def run_loops(sender: Path, workload: Workload, seconds: float) -> list[dict[str, Any]]:
+    try:
+        import uvloop  # noqa: F401
+
+        modes = ["trio", "uvloop", "poll"]
+    except ImportError:
+        log("uvloop is not installed: its receive loop is skipped")
+        modes = ["trio", "poll"]
+    results = []
+    for engine in ("parse+add", "preagg"):
+        for processes in (1, 2):
+            for mode in modes:
+                port = free_port()
+                child = subprocess.Popen(
+                    [sys.executable, __file__, "--receiver", mode, engine, str(port), str(processes)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert child.stdout is not None
+                child.stdout.readline()  # ready
+                time.sleep(0.3)
+                sent = send(sender, workload, port, 2_500_000, seconds)
+                out = child.communicate(timeout=120)[0].split()
+                lines = sum(int(out[i + 1]) for i, word in enumerate(out) if word == "done")
+                cpu = sum(float(out[i + 2]) for i, word in enumerate(out) if word == "done")
+                row = {
+                    "engine": engine,
+                    "io": mode,
+                    "processes": processes,
+                    "lines_per_s": lines / sent.seconds,
+                    "cpu_us_per_line": cpu / max(lines, 1) * 1e6,
+                    "offered_lines_per_s": sent.offered_lines_per_s,
+                }
+                results.append(row)
+                log(
+                    f"  {engine:9} {mode:6} x{processes}: {row['lines_per_s'] / 1e3:8.1f}k lines/s, "
+                    f"{row['cpu_us_per_line']:.2f} µs CPU/line "
+                    f"(offered {sent.offered_lines_per_s / 1e3:.0f}k)"
+                )
+    return results
+
+
+# -- flush never stalls ingest, and memory per series ----------------------------------------------
+
+
+def series_workload(directory: Path, name: str, lines: list[bytes], per: int) -> Workload:
+    path = directory / name
+    increments = []
+    with path.open("wb") as out:
+        for i in range(0, len(lines), per):
+            chunk = lines[i : i + per]
+            payload = b"\n".join(chunk)
+            out.write(struct.pack("<I", len(payload)) + payload)
+            increments.append(float(sum(line.endswith(b"|c") for line in chunk)))
+    pad = len(increments) % SENDER_THREADS
+    if pad:
+        raise ValueError("datagram count must be a multiple of the sender threads")
+    return Workload(path, per, len(increments), increments)
+
+
+def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -> dict[str, Any]:
+    """100k series, 1M timer samples per 10 s interval; what is lost while flushes run."""
+    rng = random.Random(7)
+    lines = []
+    for i in range(1_000_000):  # each counter once and each timer ~20x per pass
+        if i % 20 == 0:
+            lines.append(b"bench.flush.requests.c%d:1|c" % (i // 20))
+        else:
+            lines.append(b"bench.flush.latency.t%d:%d|ms" % (rng.randrange(50_000), rng.randrange(1000)))
+    workload = series_workload(scratch, "flush.bin", lines, 20)
+    interval = 10
+    rate = 1_000_000 / interval  # one pass per interval: 50k counters, 50k timers, 950k samples
+    system = StatsYard(workers, interval, scratch, ("--max-series", "200000"))
+    with system.running() as agent:
+        drops0 = agent.metrics().get("statsyard_udp_kernel_drops_total", 0)
+        backlog0 = backlog_drops()
+        sent = send(sender, workload, agent.udp_port, rate, seconds)
+        metrics = agent.wait_accounted(sent.datagrams)
+        flushes = metrics.get("statsyard_flushes_total", 0)
+        flush_s = metrics.get("statsyard_flush_duration_seconds_sum", 0) / max(
+            1, metrics.get("statsyard_flush_duration_seconds_count", 1)
+        )
+        write_s = metrics.get("statsyard_write_duration_seconds_sum", 0) / max(
+            1, metrics.get("statsyard_write_duration_seconds_count", 1)
+        )
+        series = metrics.get("statsyard_series_active", 0)
+        drops = metrics.get("statsyard_udp_kernel_drops_total", 0) - drops0
+        backlog = backlog_drops() - backlog0
+        agent.stop()
+        sys.path.insert(0, str(ROOT))
+        import numpy as np
+
+        from statsyard_agent.storage import Reader
+
+        reader = Reader(agent.data_dir)
+        now = int(time.time())
+        found = reader.query(
+            "stats.counters.bench.flush.requests.*.count",
+            now - 600,
+            now + 60,
+            max_series=100_000,
+            max_total_points=50_000_000,
+        )
+        counted = float(sum(float(np.nansum(s.values)) for s in found))
+        reader.close()
+    result = {
+        "workers": workers,
+        "seconds": sent.seconds,
+        "lines_per_s": sent.offered_lines_per_s,
+        "flushes_during_send": flushes,
+        "series_active": series,
+        "kernel_drops": drops,
+        "backlog_drops": backlog,
+        "counter_loss": 1 - counted / sent.increments,
+        "mean_flush_s": flush_s,
+        "mean_write_s": write_s,
+    }
+    log(
+        f"  workers={workers}: {result['lines_per_s'] / 1e3:.0f}k lines/s for {sent.seconds:.0f} s, "
+        f"{flushes:.0f} flushes of {series:.0f} series (mean {flush_s * 1e3:.0f} ms, write "
+        f"{write_s * 1e3:.0f} ms): kernel drops {drops:.0f}, backlog drops {backlog}, counter loss "
+        f"{result['counter_loss'] * 100:.3f} %"
+    )
+    return result
+
+
+def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
+    """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL."""
+    lines = []
+    for i in range(100_000):
+        kind = i % 4
+        if kind in (0, 1):
+            lines.append(b"bench.mem.requests.c%d:1|c|#env:prod" % i)
+        elif kind == 2:
+            lines.append(b"bench.mem.queue.g%d:%d|g" % (i, i))
+        else:
+            lines.append(b"bench.mem.latency.t%d:%d|ms" % (i, i % 1000))
+    workload = series_workload(scratch, "memory.bin", lines, 20)
+    system = StatsYard(workers, 2, scratch)
+    with system.running() as agent:
+        time.sleep(3)
+        pids = process_tree(agent.process.pid)
+        before_main, before_all = rss(pids[:1]), rss(pids)
+        seconds = 1.0
+        send(sender, workload, agent.udp_port, len(lines) / seconds, seconds)
+        time.sleep(5)  # two flushes: every series has been flushed once and is idle now
+        metrics = agent.metrics()
+        after_main, after_all = rss(pids[:1]), rss(pids)
+    series = metrics.get("statsyard_series_active", 0)
+    result = {
+        "workers": workers,
+        "series": series,
+        "main_bytes_per_series": (after_main - before_main) / max(series, 1),
+        "all_bytes_per_series": (after_all - before_all) / max(series, 1),
+        "main_rss_bytes": after_main,
+        "all_rss_bytes": after_all,
+    }
+    log(
+        f"  workers={workers}: {series:.0f} idle series: agent process "
+        f"{result['main_bytes_per_series']:.0f} B/series, with workers {result['all_bytes_per_series']:.0f} "
+        f"B/series (RSS {after_main / 2**20:.0f} MiB, all {after_all / 2**20:.0f} MiB)"
+    )
+    return result
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any] = field(default_factory=dict)
+    loops: list[dict[str, Any]] = field(default_factory=list)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    flush: list[dict[str, Any]] = field(default_factory=list)
+    memory: list[dict[str, Any]] = field(default_factory=list)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": node or "absent",
+        "rmem_max": int(Path("/proc/sys/net/core/rmem_max").read_text()),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def print_table(report: Report) -> None:
+    print()
+    print(
+        f"Machine: {report.machine.get('cpu')}, {report.machine.get('cpus')} CPUs, kernel "
+        f"{report.machine.get('kernel')}, Python {report.machine.get('python')}, node "
+        f"{report.machine.get('node')}; loopback; net.core.rmem_max={report.machine.get('rmem_max')}"
+    )
+    if report.loops:
+        print("\nReceive-loop options (bare receivers, overloaded; lines/s handled, CPU per line):")
+        print(f"{'engine':10} {'io':8} {'procs':>5} {'lines/s':>12} {'µs CPU/line':>12}")
+        for row in report.loops:
+            print(
+                f"{row['engine']:10} {row['io']:8} {row['processes']:>5} {row['lines_per_s']:>12,.0f} "
+                f"{row['cpu_us_per_line']:>12.2f}"
+            )
+    if report.best:
+        print("\nHighest offered rate with < 0.1 % loss of counter increments (flushed totals vs sent):")
+        print(
+            f"{'system':30} {'lines/dgram':>11} {'lines/s':>12} {'datagrams/s':>12} {'CPU s/M lines':>14} "
+            f"{'peak RSS MiB':>13} {'ours/theirs':>12}"
+        )
+        theirs = {row["lines_per_datagram"]: row for row in report.best if row["system"].startswith("Etsy")}
+        for row in report.best:
+            etsy = theirs.get(row["lines_per_datagram"])
+            ratio = (
+                f"{row['lines_per_s'] / etsy['lines_per_s']:.1f}x"
+                if etsy and not row["system"].startswith("Etsy") and etsy["lines_per_s"]
+                else ""
+            )
+            print(
+                f"{row['system']:30} {row['lines_per_datagram']:>11} {row['lines_per_s']:>12,.0f} "
+                f"{row['lines_per_s'] / row['lines_per_datagram']:>12,.0f} {row['cpu_s_per_m_lines']:>14.2f} "
+                f"{row['peak_rss_bytes'] / 2**20:>13.0f} {ratio:>12}"
+            )
+    if report.flush:
+        print("\nFlush never stalls ingest (100k series, ~1M timer samples per 10 s interval):")
+        for row in report.flush:
+            print(
+                f"  workers={row['workers']}: {row['flushes_during_send']:.0f} flushes of "
+                f"{row['series_active']:.0f} series at {row['lines_per_s']:,.0f} lines/s: kernel drops "
+                f"{row['kernel_drops']:.0f}, counter loss {row['counter_loss'] * 100:.3f} %, mean flush "
+                f"{row['mean_flush_s'] * 1e3:.0f} ms, mean write {row['mean_write_s'] * 1e3:.0f} ms"
+            )
+    if report.memory:
+        print("\nRSS per idle active series (100k series):")
+        for row in report.memory:
+            print(
+                f"  workers={row['workers']}: agent process {row['main_bytes_per_series']:.0f} B/series, "
+                f"all processes {row['all_bytes_per_series']:.0f} B/series"
+            )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--receiver":
+        mode, engine, port, processes = sys.argv[2:6]
+        loops_receiver(mode, engine, int(port), int(processes))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--parts", default="loops,table,flush,memory")
+    parser.add_argument("--seconds", type=float, default=6.0, help="send time per trial")
+    parser.add_argument("--workers", default="0,1,2", help="StatsYard ingest worker counts to measure")
+    parser.add_argument("--single-workers", default="0,2", help="worker counts for the 1-line case")
+    parser.add_argument("--flush-interval", type=int, default=5, help="both systems, seconds")
+    parser.add_argument("--no-etsy", action="store_true", help="skip Etsy statsd (needs node/npm)")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+
+    report = Report(machine=machine())
+    DEPS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        scratch = Path(tmp)
+        sender = build_sender(scratch)
+        batched = build_workload(scratch, 20, 40_000)
+        single = build_workload(scratch, 1, 200_000)
+        if "loops" in parts:
+            log(f"receive loops ({loadavg()})")
+            report.loops = run_loops(sender, batched, args.seconds)
+        if "table" in parts:
+            systems: list[tuple[Any, Callable[..., Trial], list[tuple[Workload, float]]]] = []
+            if not args.no_etsy:
+                etsy = Etsy(args.flush_interval, scratch)
+                systems.append((etsy, trial_etsy, [(batched, 100_000), (single, 60_000)]))
+            for workers in (int(w) for w in args.workers.split(",")):
+                cases = [(batched, 300_000)]
+                if str(workers) in args.single_workers.split(","):
+                    cases.append((single, 100_000))
+                systems.append((StatsYard(workers, args.flush_interval, scratch), trial_statsyard, cases))
+            for system, run_trial, cases in systems:
+                for workload, start in cases:
+                    log(f"{system.name}, {workload.lines_per_datagram} lines per datagram ({loadavg()})")
+
+                    def run(
+                        rate: float,
+                        system: Any = system,
+                        run_trial: Any = run_trial,
+                        workload: Workload = workload,
+                    ) -> Trial:
+                        return run_trial(system, sender, workload, rate, args.seconds)
+
+                    best, trials = search(run, start)
+                    report.trials += [asdict(t) for t in trials]
+                    if best is not None:
+                        row = asdict(best)
+                        row["lines_per_s"] = best.offered_lines_per_s
+                        report.best.append(row)
+        if "flush" in parts:
+            log(f"flush never stalls ingest ({loadavg()})")
+            for workers in (2, 0):
+                report.flush.append(run_flush_check(sender, scratch, max(args.seconds, 25.0), workers))
+        if "memory" in parts:
+            log(f"memory per idle series ({loadavg()})")
+            for workers in (2, 0):
+                report.memory.append(run_memory(sender, scratch, workers))
+    report.machine["loadavg_at_end"] = os.getloadavg()
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=1))
+    print(f"\n{loadavg()}; command: python bench/ingest.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Ingest worker processes: real SO_REUSEPORT sockets, real processes, really killed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from prometheus_client import generate_latest
+
+from statsyard_agent._config import Address, build_config
+from statsyard_agent._exceptions import ConfigError
+from statsyard_agent._protocol import ParserConfig
+from statsyard_agent._receiver import LIVE_FIELDS, Receiver
+from statsyard_agent._workers import open_ingest_sockets, worker_count
+from statsyard_agent.storage import Reader
+
+from .conftest import RunningAgent, make_config, start_agent, wait_for
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[int], list[socket.socket]]]:
+    """Makes UDP client sockets with distinct source ports (the kernel hashes those to workers)."""
+    made: list[socket.socket] = []
+
+    def make(count: int) -> list[socket.socket]:
+        socks = []
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            made.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return socks
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+Clients = Callable[[int], list[socket.socket]]
+
+
+def received(agent: RunningAgent) -> list[list[int]]:
+    workers = agent.handle.workers
+    assert workers is not None
+    return [slot.received() for slot in workers.slots]
+
+
+def running_pids(agent: RunningAgent) -> list[int | None]:
+    workers = agent.handle.workers
+    assert workers is not None
+    return workers.pids()
+
+
+async def started(agent: RunningAgent) -> None:
+    await wait_for(lambda: None not in running_pids(agent), 60, lambda: f"pids {running_pids(agent)}")
+
+
+def total(data_dir: Path, pattern: str) -> float:
+    """Sum of every point of the series matching ``pattern`` written in the last hour."""
+    now = int(time.time())
+    reader = Reader(data_dir)
+    try:
+        found = reader.query(pattern, now - 3600, now + 3600)
+    finally:
+        reader.close()
+    return float(sum(float(np.nansum(series.values)) for series in found))
+
+
+async def counter_total(data_dir: Path, name: str) -> float:
+    return await trio.to_thread.run_sync(total, data_dir, f"stats.counters.{name}.count")
+
+
+async def test_workers_share_the_port_and_lose_nothing(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    agent = await start_agent(nursery, make_config(tmp_path / "data", ingest={"workers": 2}))
+    await started(agent)
+    senders = clients(32)
+    for round_ in range(20):
+        for i, sock in enumerate(senders):
+            sock.sendto(
+                b"w.hits:1|c|#client:%d\nw.lat:%d|ms\nw.g:%d|g" % (i, round_, i),
+                ("127.0.0.1", agent.udp_port),
+            )
+    sent = 20 * len(senders)
+    await wait_for(lambda: sum(r[0] for r in received(agent)) == sent, 30, lambda: str(received(agent)))
+    per_worker = [r[0] for r in received(agent)]
+    assert all(per_worker), per_worker  # 32 source ports: both workers got traffic
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    ingest = agent.handle.state.ingest
+    assert (ingest.packets, ingest.lines, ingest.metrics) == (sent, 3 * sent, 3 * sent)
+    assert await counter_total(tmp_path / "data", "w.hits") == sent
+    assert await trio.to_thread.run_sync(total, tmp_path / "data", "stats.timers.w.lat.count") == sent
+    metrics = generate_latest(agent.handle.telemetry.registry).decode()
+    assert "statsyard_ingest_worker_lost_datagrams_total 0.0" in metrics
+    assert 'statsyard_task_up{task="ingest_worker_1"} 1.0' in metrics
+    assert await agent.stop() == 0
+
+
+async def test_a_killed_worker_is_restarted_and_its_unshipped_data_is_counted(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    config = make_config(tmp_path / "data", ingest={"workers": 2, "ship_interval": 3600})
+    agent = await start_agent(nursery, config)
+    await started(agent)
+    (client,) = clients(1)  # one source port: one worker gets everything
+    for _ in range(50):
+        client.sendto(b"k.before:1|c\nk.before:1|c", ("127.0.0.1", agent.udp_port))
+    await wait_for(lambda: sum(r[0] for r in received(agent)) == 50, 30, lambda: str(received(agent)))
+    victim = next(i for i, r in enumerate(received(agent)) if r[0])
+    old_pid = running_pids(agent)[victim]
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    for _ in range(30):  # sent while the worker is dead or restarting: they wait in the kernel
+        client.sendto(b"k.after:1|c", ("127.0.0.1", agent.udp_port))
+    child = agent.handle.supervisor.children[f"ingest_worker_{victim}"]
+    await wait_for(
+        lambda: child.restarts == 1 and running_pids(agent)[victim] not in (None, old_pid),
+        60,
+        lambda: f"restarts={child.restarts} pids={running_pids(agent)}",
+    )
+    ingest = agent.handle.state.ingest
+    assert (ingest.worker_lost_datagrams, ingest.worker_lost_lines) == (50, 100)
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(tmp_path / "data", "k.after") == 30
+    assert await counter_total(tmp_path / "data", "k.before") == 0  # lost, and counted above
+    metrics = generate_latest(agent.handle.telemetry.registry).decode()
+    assert "statsyard_ingest_worker_lost_datagrams_total 50.0" in metrics
+    assert "statsyard_ingest_worker_lost_lines_total 100.0" in metrics
+    assert f'statsyard_task_restarts_total{{task="ingest_worker_{victim}"}} 1.0' in metrics
+    assert await agent.stop() == 0
+
+
+async def test_a_worker_that_stops_answering_is_killed_and_replaced(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    config = make_config(tmp_path / "data", ingest={"workers": 1, "ship_interval": 3600, "ship_timeout": 0.5})
+    agent = await start_agent(nursery, config)
+    await started(agent)
+    (pid,) = running_pids(agent)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    with trio.fail_after(30):
+        await agent.handle.flush()  # does not wait for the stopped worker beyond ship_timeout
+    child = agent.handle.supervisor.children["ingest_worker_0"]
+    await wait_for(
+        lambda: child.restarts == 1 and running_pids(agent)[0] not in (None, pid),
+        60,
+        lambda: f"restarts={child.restarts} pids={running_pids(agent)}",
+    )
+    (client,) = clients(1)
+    client.sendto(b"after.stop:1|c", ("127.0.0.1", agent.udp_port))
+    await wait_for(lambda: received(agent)[0][0] == 1, 30, lambda: str(received(agent)))
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(tmp_path / "data", "after.stop") == 1
+    assert await agent.stop() == 0
+
+
+async def test_shutdown_collects_what_the_workers_hold(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    config = make_config(tmp_path / "data", ingest={"workers": 2, "ship_interval": 3600})
+    agent = await start_agent(nursery, config)
+    await started(agent)
+    senders = clients(16)
+    for sock in senders:
+        for _ in range(10):
+            sock.sendto(b"bye:1|c\nbye:1|c", ("127.0.0.1", agent.udp_port))
+    await wait_for(lambda: sum(r[0] for r in received(agent)) == 160, 30, lambda: str(received(agent)))
+    assert agent.handle.state.ingest.lines == 0  # nothing shipped yet
+    assert await agent.stop() == 0
+    assert agent.handle.state.ingest.worker_lost_datagrams == 0
+    assert await counter_total(tmp_path / "data", "bye") == 320
+
+
+def test_receiver_counts_before_it_parses_and_ships_what_it_aggregated() -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    live = memoryview(bytearray(8 * LIVE_FIELDS)).cast("q")
+    receiver = Receiver(server, ParserConfig(), 100, live)
+    for datagram in (b"a:1|c\na:2|c\n", b"bad line", b"t:5|ms|@0.5"):
+        client.sendto(datagram, server.getsockname())
+    got = 0
+    while got < 3:  # loopback delivery is asynchronous
+        got += receiver.drain()
+    assert list(live) == [3, 12 + 8 + 11, 4]  # datagrams, bytes, lines (trailing \n not a line)
+    report, partial = pickle.loads(receiver.ship())
+    assert report["packets"] == 3
+    assert report["raw_lines"] == 4
+    assert (report["lines"], report["metrics"]) == (4, 3)
+    assert report["parse_errors"] == {"malformed_line": 1}
+    assert partial.counters == {("a", ()): 3.0}
+    assert next(iter(partial.samples.values())).tolist() == [5.0]
+    report, partial = pickle.loads(receiver.ship())  # the next ship starts from zero
+    assert (report["packets"], report["lines"], len(partial)) == (0, 0, 0)
+    server.close()
+    client.close()
+
+
+def test_a_second_set_of_sockets_on_the_port_is_refused() -> None:
+    socks, granted = open_ingest_sockets(Address("127.0.0.1", 0), 1 << 20, 3)
+    try:
+        assert granted > 0
+        port = socks[0].getsockname()[1]
+        assert {s.getsockname()[1] for s in socks} == {port}
+        with pytest.raises(OSError, match="share port"):
+            open_ingest_sockets(Address("127.0.0.1", port), 1 << 20, 2)
+    finally:
+        for sock in socks:
+            sock.close()
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(OSError, match="in use"):
+            open_ingest_sockets(Address("127.0.0.1", plain.getsockname()[1]), 1 << 20, 2)
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize(
+    ("ingest", "key"),
+    [
+        ({"workers": -1}, "ingest.workers"),
+        ({"workers": 1.5}, "ingest.workers"),
+        ({"workers": 65}, "ingest.workers"),
+        ({"ship_interval": 0}, "ingest.ship_interval"),
+        ({"ship_timeout": "x"}, "ingest.ship_timeout"),
+        ({"threads": 2}, "ingest.threads"),
+    ],
+)
+def test_bad_ingest_settings_name_the_key(ingest: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"ingest": ingest})
+    assert info.value.key == key
+
+
+def test_worker_count_defaults_and_yields_to_the_relay() -> None:
+    assert build_config({}).ingest.workers == 2
+    assert worker_count(build_config({})) == 2
+    assert worker_count(build_config({"udp": ""})) == 0
+    assert worker_count(build_config({"forward": [{"url": "statsd://127.0.0.1:9125"}]})) == 0
+    assert worker_count(build_config({"forward": [{"url": "graphite://127.0.0.1:2003"}]})) == 2
