@@ -212,8 +212,18 @@ class ReaderFetcher:
         self._budget = _Budget(config.max_series, config.max_points)
 
     def _query(
-        self, pattern: str, start: int, end: int, tags: dict[str, str] | None, max_points: int | None
+        self,
+        pattern: str,
+        start: int,
+        end: int,
+        tags: dict[str, str] | None,
+        max_points: int | None,
+        *,
+        superset: float = 1.0,
     ) -> list[SeriesData]:
+        """Read through the reader within what is left of the budget; with ``superset`` > 1 the
+        caller will keep only part of what matches, so the reader may return that many times
+        more and the caller charges the budget itself."""
         try:
             found = self._reader.query(
                 pattern,
@@ -221,8 +231,8 @@ class ReaderFetcher:
                 end,
                 tags=tags or None,
                 max_points=max_points,
-                max_series=self._budget.series_left,
-                max_total_points=self._budget.points_left,
+                max_series=math.ceil(self._budget.series_left * superset),
+                max_total_points=math.ceil(self._budget.points_left * superset),
                 now=self._now,
             )
         except QueryError as exc:
@@ -232,7 +242,8 @@ class ReaderFetcher:
                     "maxDataPoints ([graphite] max_series / max_points)"
                 ) from None
             raise
-        self._budget.take(found)
+        if superset == 1.0:
+            self._budget.take(found)
         return found
 
     def fetch_path(self, path: str, start: int, end: int, max_points: int | None) -> list[Series]:
@@ -243,27 +254,53 @@ class ReaderFetcher:
     def fetch_tagged(
         self, expressions: Sequence[TagExpression], start: int, end: int, max_points: int | None
     ) -> list[Series]:
+        """Series matching tag expressions. Matching runs over the series list; the values are
+        then read with as few reader queries as possible: per name depth, one glob that keeps
+        the nodes every matched name shares (``bench.*.*.count``), filtered by the exact-value
+        tags, when that selects at most about twice the matched series; one query per name
+        otherwise."""
         _, keys = all_series(self._reader)
-        wanted: dict[str, set[tuple[tuple[str, str], ...]]] = {}
-        for key in keys:
-            tags = {**dict(key.tags), "name": key.name}
-            if all(e.matches(tags) for e in expressions):
-                wanted.setdefault(key.name, set()).add(key.tags)
-        matched = sum(len(v) for v in wanted.values())
-        if matched > self._budget.series_left:
-            self._budget.series += matched
+        matched = [k for k in keys if all(e.matches({**dict(k.tags), "name": k.name}) for e in expressions)]
+        if len(matched) > self._budget.series_left:
+            self._budget.series += len(matched)
             self._budget.check()
-        out: list[Series] = []
-        expression = "seriesByTag()"
-        for name, tag_sets in wanted.items():
-            # A name is its own glob, except for glob characters (possible with sanitize_names
-            # off): '?' matches any one of them within the node, and we keep the exact name.
-            pattern = _GLOB_SPECIAL.sub("?", name)
-            for data in self._query(pattern, start, end, None, max_points):
-                if data.name == name and tuple(sorted(data.tags.items())) in tag_sets:
-                    out.append(_to_series(data, expression))
+        exact = {e.tag: e.value for e in expressions if e.operator == "=" and e.tag != "name" and e.value}
+        wanted = {(k.name, k.tags) for k in matched}
+        by_depth: dict[int, list[SeriesKey]] = {}
+        for key in matched:
+            by_depth.setdefault(key.name.count(".") + 1, []).append(key)
+        found: list[SeriesData] = []
+        for group in by_depth.values():
+            pattern = _common_glob([k.name for k in group])
+            glob = Glob(pattern)
+            exact_pairs = set(exact.items())
+            covered = sum(1 for k in keys if glob.match(k.name) and exact_pairs <= set(k.tags))
+            if covered <= 2 * len(group) + 100:
+                ratio = max(1.0, covered / max(len(group), 1))
+                found.extend(self._query(pattern, start, end, exact, max_points, superset=ratio + 0.01))
+            else:
+                for name in sorted({k.name for k in group}):
+                    # A name is its own glob, but for glob characters (possible with sanitize_names
+                    # off): '?' matches any one of them within the node; the exact name is kept.
+                    found.extend(
+                        self._query(_GLOB_SPECIAL.sub("?", name), start, end, None, max_points, superset=1.01)
+                    )
+        kept = [d for d in found if (d.name, tuple(sorted(d.tags.items()))) in wanted]
+        self._budget.take(kept)
+        out = [_to_series(d, "seriesByTag()") for d in kept]
         out.sort(key=lambda s: s.name)
         return out
+
+
+def _common_glob(names: Sequence[str]) -> str:
+    """A glob matching every name of ``names`` (all with the same number of nodes): the nodes
+    they all share, ``*`` where they differ."""
+    columns = zip(*(name.split(".") for name in names), strict=True)
+    nodes = []
+    for column in columns:
+        first = column[0]
+        nodes.append(_GLOB_SPECIAL.sub("?", first) if all(c == first for c in column) else "*")
+    return ".".join(nodes)
 
 
 # -- rendering -------------------------------------------------------------------------------

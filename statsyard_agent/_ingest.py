@@ -32,14 +32,17 @@ lines), ``metrics`` (one per metric, so per value of a packed gauge line), ``eve
 ``service_checks`` and ``parse_errors[reason]``, exactly as ``parse_datagram`` reports them.
 
 Memory: specs and cached values are bounded like the parser's caches (cleared when full); slots
-are bounded by ``max_series`` per interval: a metric of a new series beyond it is refused and
-counted in the partial (``refused``), as the aggregator's own guard would.
+are bounded by ``max_series``: a metric of a new series beyond it is refused and counted in the
+partial (``refused``), as the aggregator's own guard would. Slots of series gone quiet are evicted
+after a few takes, which frees room again.
 """
 
 from __future__ import annotations
 
 import collections
 from array import array
+from collections.abc import Callable
+from math import copysign
 from typing import Any, Final, Protocol
 
 from ._aggregate import Partial, SeriesKey
@@ -63,13 +66,15 @@ _KIND_SET: Final = MetricKind.SET
 #: defaults to 100,000) for the fast path to hold.
 SPEC_MAX_ENTRIES: Final = 262_144
 
+#: Takes a slot may stay untouched before it is evicted (its series bound again if it returns).
+EVICT_AFTER_TAKES: Final = 8
+
 _PLUS: Final = 43  # b"+"[0]
 _MINUS: Final = 45  # b"-"[0]
 
-# A bound slot: (code, target, factor). target is the series' accumulator for this interval:
-# a one-element list (counter total), a two-element list (gauge absolute flag, value), an
-# array of samples, or a set of members; factor is 1/rate for counters, 1.0 for gauges if a
-# signed value is a delta (gauge_sign = "delta"), unused otherwise.
+# A bound slot: (code, cell, factor). cell is the series' accumulator (see PreAggregator);
+# factor is 1/rate for counters, 1.0 for gauges if a signed value is a delta
+# (gauge_sign = "delta"), unused otherwise.
 _Slot = tuple[int, Any, float]
 _Spec = tuple[MetricKind, SeriesKey, float]
 
@@ -98,10 +103,18 @@ class SimpleCounts:
 
 
 class PreAggregator:
-    """Feeds datagrams into per-series slots of the open interval; :meth:`take` hands them over.
+    """Feeds datagrams into per-series slots; :meth:`take` hands the interval's data over.
 
-    Not thread-safe; one per receive loop. ``max_series`` bounds the slots held per interval
-    (one per counter, gauge or set series, one per timer-like series and sample rate).
+    Not thread-safe; one per receive loop. ``max_series`` bounds the slots held (one per counter,
+    gauge or set series, one per timer-like series and sample rate).
+
+    Slots outlive :meth:`take` (which resets them in place), so a series costs the slow path once,
+    not once per interval. An untouched slot is told apart without per-line bookkeeping: totals
+    and delta sums start each interval at ``-0.0``, which no addition of a value other than
+    ``-0.0`` can leave unchanged (values that parse to ``-0.0`` take the parser's path, which
+    starts from ``+0.0`` as ``Aggregator.add`` does); sample arrays and sets are simply empty. A
+    slot untouched for ``evict_after`` takes (:data:`EVICT_AFTER_TAKES`) is evicted: its cell is
+    emptied, so a bound entry still pointing at it raises ``IndexError`` on use and is bound again.
     """
 
     __slots__ = (
@@ -110,6 +123,8 @@ class PreAggregator:
         "_counts",
         "_delta_gauges",
         "_events",
+        "_evict_after",
+        "_fed",
         "_gauges",
         "_max_line",
         "_max_series",
@@ -124,52 +139,99 @@ class PreAggregator:
         "_values",
     )
 
-    def __init__(self, parser: Parser, counts: ParseCounts, max_series: int) -> None:
+    def __init__(
+        self, parser: Parser, counts: ParseCounts, max_series: int, evict_after: int = EVICT_AFTER_TAKES
+    ) -> None:
         self._parser = parser
+        self._evict_after = evict_after
         self._counts = counts
         self._max_series = max_series
         self._max_line = parser.config.max_line_bytes
         self._delta_gauges = 1.0 if parser.config.gauge_sign == "delta" else 0.0
         self._specs: dict[tuple[bytes, bytes], _Spec] = {}
         self._values: dict[bytes, float] = {}
-        self._reset()
-
-    def _reset(self) -> None:
         self._bound: dict[tuple[bytes, bytes], _Slot] = {}
+        # Cells: counter [total, idle takes]; gauge [absolute, value, idle takes] (absolute is
+        # 1.0 once set this interval); samples [array, idle takes]; set [members, idle takes].
         self._counters: dict[SeriesKey, list[float]] = {}
         self._gauges: dict[SeriesKey, list[float]] = {}
-        self._samples: dict[tuple[MetricKind, SeriesKey, float], array[float]] = {}
-        self._sets: dict[SeriesKey, set[str]] = {}
+        self._samples: dict[tuple[MetricKind, SeriesKey, float], list[Any]] = {}
+        self._sets: dict[SeriesKey, list[Any]] = {}
+        self._n_slots = 0
+        self._new_interval()
+
+    def _new_interval(self) -> None:
         self._events: list[Event] = []
         self._service_checks: list[ServiceCheck] = []
-        self._n_slots = 0
         self._refused = 0
         self._refused_keys: set[tuple[str, SeriesKey]] = set()
+        self._fed = 0
 
     @property
     def pending(self) -> int:
-        """Slots, events and service checks held for the open interval."""
-        return self._n_slots + len(self._events) + len(self._service_checks) + self._refused
+        """Non-zero when :meth:`take` may return something: datagrams fed, events, service
+        checks and refusals since the last take."""
+        return self._fed + len(self._events) + len(self._service_checks) + self._refused
+
+    @property
+    def slots(self) -> int:
+        """Slots held (touched this interval, or idle for fewer than ``evict_after`` takes)."""
+        return self._n_slots
 
     def take(self) -> Partial:
-        """Hand over everything held (the caller owns it) and start an empty interval."""
+        """Hand over the interval's data (the caller owns it) and start a new interval.
+
+        O(slots held) when anything was fed since the last take, O(1) otherwise.
+        """
         partial = Partial(
-            counters={key: cell[0] for key, cell in self._counters.items()},
-            gauges={key: (cell[0], cell[1]) for key, cell in self._gauges.items()},
-            samples=self._samples,
-            sets=self._sets,
             events=self._events,
             service_checks=self._service_checks,
             refused=self._refused,
             refused_keys=self._refused_keys,
         )
-        self._reset()
+        if self._fed:
+            self._take_slots(partial)
+        self._new_interval()
         return partial
+
+    def _take_slots(self, partial: Partial) -> None:
+        evicted = 0
+        counters = partial.counters
+        stale: list[Any] = []
+        for key, cell in self._counters.items():
+            total = cell[0]
+            if total == 0.0 and copysign(1.0, total) < 0.0:
+                cell[1] += 1.0
+                if cell[1] >= self._evict_after:
+                    stale.append(key)
+            else:
+                counters[key] = total
+                cell[0] = -0.0
+                cell[1] = 0.0
+        evicted += _evict(self._counters, stale)
+        gauges = partial.gauges
+        stale = []
+        for key, cell in self._gauges.items():
+            value = cell[1]
+            if cell[0] or value != 0.0 or copysign(1.0, value) > 0.0:
+                gauges[key] = (cell[0], value)
+                cell[0] = 0.0
+                cell[1] = -0.0
+                cell[2] = 0.0
+            else:
+                cell[2] += 1.0
+                if cell[2] >= self._evict_after:
+                    stale.append(key)
+        evicted += _evict(self._gauges, stale)
+        evicted += _take_containers(self._samples, partial.samples, _new_samples, self._evict_after)
+        evicted += _take_containers(self._sets, partial.sets, set, self._evict_after)
+        self._n_slots -= evicted
 
     # -- hot path ----------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         """Parse and pre-aggregate one datagram (never raises for any input bytes)."""
+        self._fed += 1
         parts = data.split(b"\n")
         if not parts[-1]:
             parts.pop()
@@ -185,17 +247,24 @@ class PreAggregator:
                 slow += 1
                 self._slow(line, name, raw, tail)
                 continue
-            code, target, factor = slot
+            code, cell, factor = slot
             if code == _SET:
                 if not raw or b":" in raw:
                     slow += 1
                     self._parse_line(line)
                     continue
                 try:
-                    target.add(raw.decode())
+                    member = raw.decode()
                 except UnicodeDecodeError:
                     slow += 1
                     self._parse_line(line)
+                    continue
+                try:
+                    cell[0].add(member)
+                except IndexError:  # an evicted cell: bind the line's key again
+                    slow += 1
+                    del bound[(name, tail)]
+                    self._slow(line, name, raw, tail)
                 continue
             value = values.get(raw)
             if value is None:
@@ -204,28 +273,35 @@ class PreAggregator:
                     slow += 1
                     self._parse_line(line)
                     continue
-            if code == _COUNTER:
-                target[0] += value * factor
-            elif code == _SAMPLES:
-                target.append(value)
-            elif factor and (raw[0] == _PLUS or raw[0] == _MINUS):
-                target[1] += value
-            else:
-                target[0] = 1.0
-                target[1] = value
+            try:
+                if code == _COUNTER:
+                    cell[0] += value * factor
+                elif code == _SAMPLES:
+                    cell[0].append(value)
+                elif factor and (raw[0] == _PLUS or raw[0] == _MINUS):
+                    cell[1] += value
+                else:
+                    cell[0] = 1.0
+                    cell[1] = value
+            except IndexError:  # an evicted cell: bind the line's key again
+                slow += 1
+                del bound[(name, tail)]
+                self._slow(line, name, raw, tail)
         fast = len(parts) - slow
         counts = self._counts
         counts.lines += fast
         counts.metrics += fast
 
     def _value(self, raw: bytes) -> float | None:
-        """A single value by the parser's rules, cached; None if packed or invalid."""
+        """A single value by the parser's rules, cached; None if packed, invalid or -0.0."""
         if b":" in raw:
             return None
         try:
             value = _parse_value(raw)
         except ParseError:
             return None
+        if value == 0.0 and copysign(1.0, value) < 0.0:
+            return None  # would look like an untouched slot; the parser's path handles it
         values = self._values
         if len(values) >= CACHE_MAX_ENTRIES:
             values.clear()
@@ -253,7 +329,7 @@ class PreAggregator:
                 return
             slot = self._bind(key, kind, series, rate)
             if slot is not None:
-                slot[1].add(member)
+                slot[1][0].add(member)
         else:
             value = self._values.get(raw)
             if value is None:
@@ -263,16 +339,16 @@ class PreAggregator:
                     return
             slot = self._bind(key, kind, series, rate)
             if slot is not None:
-                code, target, factor = slot
+                code, cell, factor = slot
                 if code == _COUNTER:
-                    target[0] += value * factor
+                    cell[0] += value * factor
                 elif code == _SAMPLES:
-                    target.append(value)
+                    cell[0].append(value)
                 elif factor and (raw[0] == _PLUS or raw[0] == _MINUS):
-                    target[1] += value
+                    cell[1] += value
                 else:
-                    target[0] = 1.0
-                    target[1] = value
+                    cell[0] = 1.0
+                    cell[1] = value
         counts = self._counts
         counts.lines += 1
         counts.metrics += 1
@@ -307,27 +383,31 @@ class PreAggregator:
             specs[key] = (first.kind, (first.name, first.tags), first.rate)
 
     def _add(self, metric: Metric) -> None:
-        """``Aggregator.add`` semantics, into this interval's slots."""
+        """``Aggregator.add`` semantics, into this interval's slots (any value, -0.0 included)."""
         slot = self._slot(metric.kind, (metric.name, metric.tags), metric.rate)
         if slot is None:
             return
-        code, target, factor = slot
+        code, cell, factor = slot
         if code == _COUNTER:
-            total = target[0]
+            total = cell[0]
+            if total == 0.0:
+                total = 0.0  # Aggregator.add starts from +0.0, not from the -0.0 marker
             for value in metric.values:
                 total += value * factor
-            target[0] = total
+            cell[0] = total
         elif code == _SAMPLES:
-            target.extend(metric.values)
+            cell[0].extend(metric.values)
         elif code == _SET:
-            target.update(metric.members)
+            cell[0].update(metric.members)
         else:
             for value in metric.values:
                 if metric.delta:
-                    target[1] += value
+                    if not cell[0] and cell[1] == 0.0:
+                        cell[1] = 0.0  # from +0.0 like Aggregator.add, not from the marker
+                    cell[1] += value
                 else:
-                    target[0] = 1.0
-                    target[1] = value
+                    cell[0] = 1.0
+                    cell[1] = value
 
     def _bind(
         self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey, rate: float
@@ -341,34 +421,34 @@ class PreAggregator:
         return slot
 
     def _slot(self, kind: MetricKind, series: SeriesKey, rate: float) -> _Slot | None:
-        """The slot of ``series`` for this interval, created if there is room; None if refused."""
+        """The slot of ``series``, created if there is room; None if refused."""
         if kind is _KIND_COUNTER:
             cell = self._counters.get(series)
             if cell is None:
                 if not self._room(kind, series):
                     return None
-                cell = self._counters[series] = [0.0]
+                cell = self._counters[series] = [-0.0, 0.0]
             return (_COUNTER, cell, 1.0 / rate)
         if kind is _KIND_GAUGE:
             cell = self._gauges.get(series)
             if cell is None:
                 if not self._room(kind, series):
                     return None
-                cell = self._gauges[series] = [0.0, 0.0]
+                cell = self._gauges[series] = [0.0, -0.0, 0.0]
             return (_GAUGE, cell, self._delta_gauges)
         if kind is _KIND_SET:
             members = self._sets.get(series)
             if members is None:
                 if not self._room(kind, series):
                     return None
-                members = self._sets[series] = set()
+                members = self._sets[series] = [set(), 0]
             return (_SET, members, 1.0)
         samples_key = (kind, series, rate)
         samples = self._samples.get(samples_key)
         if samples is None:
             if not self._room(kind, series):
                 return None
-            samples = self._samples[samples_key] = array("d")
+            samples = self._samples[samples_key] = [array("d"), 0]
         return (_SAMPLES, samples, 1.0)
 
     def _room(self, kind: MetricKind, series: SeriesKey) -> bool:
@@ -379,3 +459,32 @@ class PreAggregator:
         if len(self._refused_keys) < self._max_series:
             self._refused_keys.add((kind.value, series))
         return False
+
+
+def _new_samples() -> array[float]:
+    return array("d")
+
+
+def _take_containers(
+    family: dict[Any, list[Any]], shipped: dict[Any, Any], fresh: Callable[[], Any], evict_after: int
+) -> int:
+    """Ship the non-empty containers (sample arrays, member sets), put empty ones in their
+    cells, age and evict the empty ones; return how many were evicted."""
+    stale = []
+    for key, cell in family.items():
+        if cell[0]:
+            shipped[key] = cell[0]
+            cell[0] = fresh()
+            cell[1] = 0
+        else:
+            cell[1] += 1
+            if cell[1] >= evict_after:
+                stale.append(key)
+    return _evict(family, stale)
+
+
+def _evict(family: dict[Any, list[Any]], stale: list[Any]) -> int:
+    """Drop ``stale`` slots; empty their cells so bound entries still pointing there re-bind."""
+    for key in stale:
+        family.pop(key).clear()
+    return len(stale)

@@ -42,6 +42,7 @@ async def reopen_if_replaced(state: AgentState) -> bool:
     log.warning(
         "the data directory %s was removed or replaced while the agent ran; opened it afresh "
         "(%d queued batches will be written there; what the old directory held is not)",
-        config.data_dir, len(state.queue),
+        config.data_dir,
+        len(state.queue),
     )
     return True

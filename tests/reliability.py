@@ -142,8 +142,9 @@ class Sender:
                 self.sent += self.lines
                 extra = [bulk[(k + j) % len(bulk)] for j in range(self.bulk)]
                 k += self.bulk
-                data = "\n".join([f"{prefix}.n:{self.lines}|c", f"{prefix}.seq:{self.sent}|g",
-                                  *extra]).encode()
+                data = "\n".join(
+                    [f"{prefix}.n:{self.lines}|c", f"{prefix}.seq:{self.sent}|g", *extra]
+                ).encode()
                 try:
                     sock.sendto(data, ("127.0.0.1", self.port))
                 except OSError:
@@ -201,8 +202,9 @@ class Ledger:
         previous one (a Sender datagram is counted whole or not at all)."""
         previous = 0.0
         for ts, counted, total in zip(self.timestamps, self.counted, self.totals, strict=True):
-            assert counted <= total - previous + 1e-9, f"flush {ts} counted {counted} > sent " \
-                                                       f"{total - previous}"
+            assert counted <= total - previous + 1e-9, (
+                f"flush {ts} counted {counted} > sent {total - previous}"
+            )
             previous = total
 
 
@@ -242,8 +244,14 @@ def recover_and_verify(data_dir: Path) -> None:
 
 
 def cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "statsyard_agent", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "statsyard_agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
 
 
 @contextmanager
@@ -254,8 +262,12 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs (the disk-full tests fill a real filesystem)")
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig, Partial, build_flush_batch
-from statsyard_agent._ingest import PreAggregator, SimpleCounts
+from statsyard_agent._ingest import EVICT_AFTER_TAKES, PreAggregator, SimpleCounts
 from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import Event, FlushBatch, MetricKind
 
@@ -53,10 +53,11 @@ def preaggregated(
     config: AggregatorConfig = AGGREGATOR,
     takes: int = 1,
     via_pickle: bool = False,
+    evict_after: int = EVICT_AFTER_TAKES,
 ) -> tuple[Points, SimpleCounts, Aggregator]:
     """The same through the pre-aggregator, merged ``takes`` times in the interval."""
     counts, aggregator = SimpleCounts(), Aggregator(config)
-    preagg = PreAggregator(Parser(parser_config), counts, config.max_series)
+    preagg = PreAggregator(Parser(parser_config), counts, config.max_series, evict_after)
     every = max(1, math.ceil(len(datagrams) / takes))
     for i, datagram in enumerate(datagrams):
         preagg.feed(datagram)
@@ -208,12 +209,19 @@ _datagrams = st.lists(st.lists(_line(), min_size=1, max_size=8).map(b"\n".join),
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(datagrams=_datagrams, takes=st.integers(1, 4), via_pickle=st.booleans())
+@given(
+    datagrams=_datagrams,
+    takes=st.integers(1, 12),
+    via_pickle=st.booleans(),
+    evict_after=st.integers(1, 3),
+)
 def test_any_traffic_gives_what_parse_and_add_give(
-    datagrams: list[bytes], takes: int, via_pickle: bool
+    datagrams: list[bytes], takes: int, via_pickle: bool, evict_after: int
 ) -> None:
     want, want_counts, want_agg = reference(datagrams)
-    got, got_counts, got_agg = preaggregated(datagrams, takes=takes, via_pickle=via_pickle)
+    got, got_counts, got_agg = preaggregated(
+        datagrams, takes=takes, via_pickle=via_pickle, evict_after=evict_after
+    )
     same_counts(got_counts, want_counts)
     same_points(got, want)
     assert got_agg.active_series == want_agg.active_series
@@ -258,9 +266,9 @@ def test_merge_respects_max_series_and_counts_refusals() -> None:
     assert got[("stats.counters.a.count", ())] == 6.0
 
 
-def test_preaggregator_caps_its_slots_per_interval() -> None:
+def test_preaggregator_caps_its_slots_and_frees_idle_ones() -> None:
     counts = SimpleCounts()
-    preagg = PreAggregator(Parser(), counts, 3)
+    preagg = PreAggregator(Parser(), counts, 3, evict_after=2)
     preagg.feed(b"\n".join(b"s%d:1|c" % i for i in range(10)))
     preagg.feed(b"s0:1|c\ns9:1|c")
     partial = preagg.take()
@@ -269,8 +277,29 @@ def test_preaggregator_caps_its_slots_per_interval() -> None:
     assert partial.refused == 8
     assert len(partial.refused_keys) == 3  # bounded by the cap too
     assert counts.metrics == 12  # refused metrics were still parsed and counted
-    preagg.feed(b"s9:1|c")  # a new interval has room again
-    assert list(preagg.take().counters) == [("s9", ())]
+    for _ in range(2):  # s1 and s2 go quiet for two takes and are evicted
+        preagg.feed(b"s0:1|c")
+        assert list(preagg.take().counters) == [("s0", ())]
+    assert preagg.slots == 1
+    preagg.feed(b"s9:1|c\ns1:5|c")
+    assert preagg.take().counters == {("s9", ()): 1.0, ("s1", ()): 5.0}
+
+
+def _contents(partial: Partial) -> tuple[object, ...]:
+    samples = {key: values.tolist() for key, values in partial.samples.items()}
+    return partial.counters, partial.gauges, partial.sets, samples
+
+
+@pytest.mark.parametrize("line", [b"e:2|c|#a", b"e:+2|g", b"e:3|g", b"e:2|ms|@0.5", b"e:x|s"])
+def test_an_evicted_slot_is_bound_again_without_losing_a_line(line: bytes) -> None:
+    preagg = PreAggregator(Parser(), SimpleCounts(), 10, evict_after=1)
+    preagg.feed(line)
+    first = _contents(preagg.take())
+    preagg.feed(b"other:1|c")  # this take ages e's slot, and evicts it
+    preagg.take()
+    assert preagg.slots == 1
+    preagg.feed(line)  # e's bound entry points at the emptied cell: it is bound again
+    assert _contents(preagg.take()) == first
 
 
 def test_take_hands_over_and_starts_empty() -> None:

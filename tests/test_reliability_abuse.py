@@ -68,8 +68,13 @@ def _garbage() -> bytes:
 # (label, transport, payload, reasons refused with, series stored as name -> count)
 EDGE_CASES: list[tuple[str, str, bytes, dict[str, int], dict[str, float]]] = [
     ("0-byte datagram", "udp", b"", {}, {}),
-    ("65,507-byte datagram of 8,188 valid lines", "udp", datagram_of_valid_lines(65_507)[0], {},
-     {"big": 8188.0}),
+    (
+        "65,507-byte datagram of 8,188 valid lines",
+        "udp",
+        datagram_of_valid_lines(65_507)[0],
+        {},
+        {"big": 8188.0},
+    ),
     ("65,507-byte single line", "udp", b"x" * 65_503 + b":1|c", {"line_too_long": 1}, {}),
     ("binary garbage", "udp", _garbage(), {"malformed_line": 1}, {}),
     ("short binary garbage", "udp", b"\x80\x81\xfe\xff\x00\x01|:#@", {"malformed_line": 1}, {}),
@@ -79,13 +84,22 @@ EDGE_CASES: list[tuple[str, str, bytes, dict[str, int], dict[str, float]]] = [
     ("name ../../etc/passwd", "udp", b"../../etc/passwd:1|c", {"bad_name": 1}, {}),
     ("name with NUL (sanitized)", "udp", b"nul\x00byte:1|c", {}, {"nulbyte": 1.0}),
     ("name with / (sanitized)", "udp", b"etc/passwd:1|c", {}, {"etc-passwd": 1.0}),
-    ("name with a newline (two lines)", "udp", b"evil\nsplit:1|c", {"malformed_line": 1},
-     {"split": 1.0}),
+    ("name with a newline (two lines)", "udp", b"evil\nsplit:1|c", {"malformed_line": 1}, {"split": 1.0}),
     ("10 KB name", "udp", b"n" * 10_240 + b":1|c", {"line_too_long": 1}, {}),
-    ("32k tags (the most a UDP datagram holds)", "udp",
-     b"x:1|c|#" + b",".join([b"a"] * 32_000), {"line_too_long": 1}, {}),
-    ("100k tags over the Unix socket (200 KB)", "unix",
-     b"x:1|c|#" + b",".join([b"a"] * 100_000), {"line_too_long": 1}, {}),
+    (
+        "32k tags (the most a UDP datagram holds)",
+        "udp",
+        b"x:1|c|#" + b",".join([b"a"] * 32_000),
+        {"line_too_long": 1},
+        {},
+    ),
+    (
+        "100k tags over the Unix socket (200 KB)",
+        "unix",
+        b"x:1|c|#" + b",".join([b"a"] * 100_000),
+        {"line_too_long": 1},
+        {},
+    ),
 ]
 
 
@@ -102,8 +116,9 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def send_and_account(agent: RunningAgent, sock_path: Path, transport: str,
-                           payload: bytes) -> tuple[dict[str, int], float]:
+async def send_and_account(
+    agent: RunningAgent, sock_path: Path, transport: str, payload: bytes
+) -> tuple[dict[str, int], float]:
     """Send one datagram; (parse errors it caused by reason, seconds it took to be handled)."""
     state = agent.handle.state
     before = collections.Counter(state.ingest.parse_errors)
@@ -125,16 +140,16 @@ async def send_and_account(agent: RunningAgent, sock_path: Path, transport: str,
 
 
 @pytest.mark.parametrize("sanitize", [True, False], ids=["sanitized", "raw-names"])
-async def test_edge_datagrams_and_hostile_names(nursery: trio.Nursery, tmp_path: Path,
-                                                sanitize: bool) -> None:
+async def test_edge_datagrams_and_hostile_names(
+    nursery: trio.Nursery, tmp_path: Path, sanitize: bool
+) -> None:
     """Each case alone, through the real sockets: refused with its counted reason (or stored
     under its sanitized name); afterwards the only files in the whole tree are the storage
     layout's and the socket, and /etc/passwd is untouched."""
     passwd = digest(Path("/etc/passwd"))
     sock_path = tmp_path / "s.sock"
     data = tmp_path / "deep" / "data"
-    config = make_config(data, unix=str(sock_path), origin_detection=False,
-                         sanitize_names=sanitize)
+    config = make_config(data, unix=str(sock_path), origin_detection=False, sanitize_names=sanitize)
     agent = await start_agent(nursery, config)
     for label, transport, payload, reasons, _ in EDGE_CASES:
         got, took = await send_and_account(agent, sock_path, transport, payload)
@@ -148,8 +163,10 @@ async def test_edge_datagrams_and_hostile_names(nursery: trio.Nursery, tmp_path:
     assert agent.handle.supervisor.children["listener"].restarts == 0
     assert agent.handle.supervisor.children["unix_listener"].restarts == 0
     stored = await query_async(data, "stats.counters.*.count")
-    names = {name.removeprefix("stats.counters.").removesuffix(".count"): sum(values)
-             for (name, _), values in stored.items()}
+    names = {
+        name.removeprefix("stats.counters.").removesuffix(".count"): sum(values)
+        for (name, _), values in stored.items()
+    }
     expected = {"alive": 1.0}
     for label, _, _, _, series in EDGE_CASES:
         if sanitize or "sanitized" not in label:
@@ -198,15 +215,24 @@ def run_flood(agent: AgentProcess, names: int, seed: int) -> None:
     before = received_metrics(agent)
     flood(agent.udp_port, names, seed)
     drops = scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0)
-    wait_until(lambda: received_metrics(agent) + 40 * (
-        scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0) - drops) >= before + names,
-        60, "the flood to be read")
+    wait_until(
+        lambda: (
+            received_metrics(agent)
+            + 40 * (scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0) - drops)
+            >= before + names
+        ),
+        60,
+        "the flood to be read",
+    )
 
 
-@pytest.mark.parametrize(("waves", "names"), [
-    pytest.param(4, 50_000, id="200k"),
-    pytest.param(12, 100_000, id="1.2M", marks=pytest.mark.long),
-])
+@pytest.mark.parametrize(
+    ("waves", "names"),
+    [
+        pytest.param(4, 50_000, id="200k"),
+        pytest.param(12, 100_000, id="1.2M", marks=pytest.mark.long),
+    ],
+)
 def test_cardinality_flood_stays_within_the_cap_and_a_memory_bound(
     tmp_path: Path, waves: int, names: int
 ) -> None:
@@ -221,8 +247,11 @@ def test_cardinality_flood_stays_within_the_cap_and_a_memory_bound(
             run_flood(agent, names, seed=wave)
             rss.append(rss_kib(agent.proc.pid))
         flushes = scrape(agent)["statsyard_flushes_total"]
-        wait_until(lambda: scrape(agent)["statsyard_flushes_total"] >= flushes + 2, 30,
-                   "two flushes after the flood (refusals are tallied as the interval closes)")
+        wait_until(
+            lambda: scrape(agent)["statsyard_flushes_total"] >= flushes + 2,
+            30,
+            "two flushes after the flood (refusals are tallied as the interval closes)",
+        )
         sample = scrape(agent)
         received = sample["statsyard_metrics_received_total"]
         assert sample["statsyard_series_active"] == cap
@@ -235,15 +264,16 @@ def test_cardinality_flood_stays_within_the_cap_and_a_memory_bound(
         # levels off (about 150-180 MiB here) however long the flood goes on.
         assert max(rss) - base < 192 * 1024, rss
         if waves >= 8:
-            assert max(rss[waves // 2:]) - rss[waves // 2 - 1] < 48 * 1024, rss
+            assert max(rss[waves // 2 :]) - rss[waves // 2 - 1] < 48 * 1024, rss
         half = waves // 2
-        slope = np.polyfit(np.arange(half, waves) * names / 100_000,
-                           np.array(rss[half:]) / 1024, 1)[0]
-        print(f"\ncardinality flood: {waves} waves of {names} unique names, cap {cap}: RSS "
-              f"{base / 1024:.0f} MiB at start, {' '.join(f'{r / 1024:.0f}' for r in rss)} MiB "
-              f"after each wave (slope over the second half: {slope:+.1f} MiB per 100k "
-              f"names); "
-              f"{received - cap:.0f} metrics refused and counted")
+        slope = np.polyfit(np.arange(half, waves) * names / 100_000, np.array(rss[half:]) / 1024, 1)[0]
+        print(
+            f"\ncardinality flood: {waves} waves of {names} unique names, cap {cap}: RSS "
+            f"{base / 1024:.0f} MiB at start, {' '.join(f'{r / 1024:.0f}' for r in rss)} MiB "
+            f"after each wave (slope over the second half: {slope:+.1f} MiB per 100k "
+            f"names); "
+            f"{received - cap:.0f} metrics refused and counted"
+        )
     finally:
         agent.proc.kill()
         agent.wait(30)
@@ -257,8 +287,7 @@ def _wide_data_dir(path: Path, series: int) -> None:
     names = tuple(f"wide.s{i}" for i in range(series))
     now = int(time.time())
     with TSDB.open(path, config) as db:
-        db.write(FlushBatch(now, 1.0, names, ((),) * series, (Rollup.SUM,) * series,
-                            np.ones(series)))
+        db.write(FlushBatch(now, 1.0, names, ((),) * series, (Rollup.SUM,) * series, np.ones(series)))
 
 
 def test_oversize_queries_are_refused_by_the_query_command(tmp_path: Path) -> None:
@@ -269,8 +298,7 @@ def test_oversize_queries_are_refused_by_the_query_command(tmp_path: Path) -> No
     assert "matches 10001 series" in too_many.stderr
     assert "(limit 10000)" in too_many.stderr
     # 100 series x 1 day at 1 s = 8.64M points.
-    too_long = cli("query", "wide.s{1,2,3,4,5,6,7,8,9}?", "--data-dir", str(data), "--from",
-                   "-1d")
+    too_long = cli("query", "wide.s{1,2,3,4,5,6,7,8,9}?", "--data-dir", str(data), "--from", "-1d")
     assert too_long.returncode == 1
     assert "(limit 5000000)" in too_long.stderr
     ok = cli("query", "wide.s1", "--data-dir", str(data), "--from", "-1min", "--format", "json")
@@ -278,8 +306,7 @@ def test_oversize_queries_are_refused_by_the_query_command(tmp_path: Path) -> No
     assert json.loads(ok.stdout)[0]["target"] == "wide.s1"
 
 
-async def test_http_surface_refuses_oversize_requests(nursery: trio.Nursery,
-                                                      tmp_path: Path) -> None:
+async def test_http_surface_refuses_oversize_requests(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Bodies over 1 MiB answer 413, an unknown route 404, a non-GET 405; the read API (when
     this build has it) answers 400 to a bad target and 413 beyond its series limit."""
     data = tmp_path / "data"
@@ -292,8 +319,9 @@ async def test_http_surface_refuses_oversize_requests(nursery: trio.Nursery,
 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-            conn.request("POST", path, body=body,
-                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+            conn.request(
+                "POST", path, body=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+            )
             return conn.getresponse().status
         finally:
             conn.close()
@@ -353,7 +381,6 @@ def test_fuzz_arbitrary_bytes_100k(line: bytes, config: ParserConfig) -> None:
 @given(case=metric_lines(), cut=any_bytes)
 def test_fuzz_near_valid_lines_100k(case: tuple[bytes, list[object], bool], cut: bytes) -> None:
     line = case[0]
-    for mutated in (line + cut, cut + line, line[: len(line) // 2] + cut + line[len(line) // 2:]):
+    for mutated in (line + cut, cut + line, line[: len(line) // 2] + cut + line[len(line) // 2 :]):
         for piece in mutated.split(b"\n"):
             parse_line_or_error(Parser(), piece)
-

@@ -64,8 +64,9 @@ def stop(agent: AgentProcess, sender: Sender) -> int:
 def received(agent: AgentProcess) -> float:
     """Datagrams the agent read, plus those the kernel dropped for it."""
     sample = scrape(agent)
-    return (sample["statsyard_udp_packets_received_total"]
-            + sample.get("statsyard_udp_kernel_drops_total", 0.0))
+    return sample["statsyard_udp_packets_received_total"] + sample.get(
+        "statsyard_udp_kernel_drops_total", 0.0
+    )
 
 
 def written(agent: AgentProcess) -> float:
@@ -92,16 +93,18 @@ def test_disk_full_buffers_reports_503_drops_oldest_and_recovers(
         wait_until(lambda: written(agent) >= 2, 30, "two batches written")
         filler = fill(disk)
         full_wall = time.time()
-        wait_until(lambda: scrape(agent).get("statsyard_write_errors_total", 0) >= 1, 30,
-                   "a failed write")
+        wait_until(lambda: scrape(agent).get("statsyard_write_errors_total", 0) >= 1, 30, "a failed write")
         status, body = health(agent)
         assert status == 503
         assert "No space left on device" in str(body["problems"])
         assert log_has(agent, "write failed")
         assert log_has(agent, "the disk is full")
         lines_at_full = scrape(agent)["statsyard_lines_received_total"]
-        wait_until(lambda: scrape(agent)["statsyard_writer_dropped_batches_total"] >= 2, 60,
-                   "two batches dropped (oldest first)")
+        wait_until(
+            lambda: scrape(agent)["statsyard_writer_dropped_batches_total"] >= 2,
+            60,
+            "two batches dropped (oldest first)",
+        )
         during = scrape(agent)
         assert during["statsyard_lines_received_total"] > lines_at_full  # ingest never stopped
         assert during["statsyard_writer_queue_batches"] <= 3  # the bound holds
@@ -110,8 +113,11 @@ def test_disk_full_buffers_reports_503_drops_oldest_and_recovers(
         filler.unlink()  # space is back
         freed_wall = time.time()
         freed = time.monotonic()
-        wait_until(lambda: scrape(agent)["statsyard_writer_queue_batches"] == 0
-                   and health(agent)[0] == 200, 60, "the buffered batches written, 200 again")
+        wait_until(
+            lambda: scrape(agent)["statsyard_writer_queue_batches"] == 0 and health(agent)[0] == 200,
+            60,
+            "the buffered batches written, 200 again",
+        )
         recovery = time.monotonic() - freed
         final = scrape(agent)
         sent = stop(agent, sender)
@@ -130,9 +136,11 @@ def test_disk_full_buffers_reports_503_drops_oldest_and_recovers(
         lost = sum(lines for _, lines in gaps)
         assert book.last_total == sent  # the final flush holds the last datagram: none missing
         assert book.stored + lost == sent
-        print(f"\ndisk full: sent {sent} lines, stored {book.stored:g}, lost {lost:g} in "
-              f"{dropped} dropped batches (the queue bound: 3), recovery {recovery:.2f} s after "
-              f"space returned")
+        print(
+            f"\ndisk full: sent {sent} lines, stored {book.stored:g}, lost {lost:g} in "
+            f"{dropped} dropped batches (the queue bound: 3), recovery {recovery:.2f} s after "
+            f"space returned"
+        )
 
 
 # -- data directory deleted, replaced, read-only --------------------------------------------------
@@ -169,8 +177,11 @@ def test_data_dir_replaced_by_a_file_degrades_then_recovers(
 
     exchange(data, intruder)  # the directory is back
     back = time.monotonic()
-    wait_until(lambda: health(agent)[0] == 200
-               and scrape(agent)["statsyard_writer_queue_batches"] == 0, 30, "recovered")
+    wait_until(
+        lambda: health(agent)[0] == 200 and scrape(agent)["statsyard_writer_queue_batches"] == 0,
+        30,
+        "recovered",
+    )
     recovery = time.monotonic() - back
     sent = stop(agent, sender)
     assert not log_has(agent, "opened it afresh")  # the same directory, the same open TSDB
@@ -179,8 +190,10 @@ def test_data_dir_replaced_by_a_file_degrades_then_recovers(
     book.check_consistent()
     assert book.gaps() == []  # nothing lost
     assert book.stored == book.last_total == sent
-    print(f"\ndata dir replaced by a file: sent {sent} lines, lost 0, recovery {recovery:.2f} s "
-          "after it was back")
+    print(
+        f"\ndata dir replaced by a file: sent {sent} lines, lost 0, recovery {recovery:.2f} s "
+        "after it was back"
+    )
 
 
 def test_data_dir_deleted_is_recreated_and_nothing_after_is_lost(
@@ -195,8 +208,11 @@ def test_data_dir_deleted_is_recreated_and_nothing_after_is_lost(
     data.rename(trash)  # rm -rf, but all at once (rm -rf races the agent recreating it)
     shutil.rmtree(trash)
     deleted = time.monotonic()
-    wait_until(lambda: log_has(agent, "removed or replaced while the agent ran; opened it afresh"),
-               30, "the reopen log line")
+    wait_until(
+        lambda: log_has(agent, "removed or replaced while the agent ran; opened it afresh"),
+        30,
+        "the reopen log line",
+    )
     assert log_has(agent, "write failed")
     wait_until(lambda: health(agent)[0] == 200 and written(agent) >= 4, 30, "writing again")
     recovery = time.monotonic() - deleted
@@ -207,8 +223,10 @@ def test_data_dir_deleted_is_recreated_and_nothing_after_is_lost(
     # The new directory holds every flush from the first one written there to the end.
     assert [ts for ts, _ in book.gaps()] == [book.timestamps[0]]
     assert book.last_total == sent
-    print(f"\ndata dir deleted: recreated and writing {recovery:.2f} s later; lost only what the "
-          f"deleted directory held ({sent - book.stored:g} of {sent} lines)")
+    print(
+        f"\ndata dir deleted: recreated and writing {recovery:.2f} s later; lost only what the "
+        f"deleted directory held ({sent - book.stored:g} of {sent} lines)"
+    )
 
 
 @contextmanager
@@ -216,13 +234,15 @@ def read_only(path: Path) -> Iterator[None]:
     """Bind-mount ``path`` read-only over itself (root only; skips otherwise)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to bind-mount the data directory read-only")
-    bind = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
-                          text=True, check=False)
+    bind = subprocess.run(
+        ["mount", "--bind", str(path), str(path)], capture_output=True, text=True, check=False
+    )
     if bind.returncode != 0:
         pytest.skip(f"cannot bind-mount here: {bind.stderr.strip()}")
     try:
-        ro = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True,
-                            text=True, check=False)
+        ro = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(path)], capture_output=True, text=True, check=False
+        )
         if ro.returncode != 0:
             pytest.skip(f"cannot remount read-only here: {ro.stderr.strip()}")
         yield
@@ -230,8 +250,7 @@ def read_only(path: Path) -> Iterator[None]:
         subprocess.run(["umount", str(path)], check=False)
 
 
-async def test_read_only_data_dir_degrades_health_and_recovers(nursery: trio.Nursery,
-                                                               tmp_path: Path) -> None:
+async def test_read_only_data_dir_degrades_health_and_recovers(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Read-only under a running agent: appends to the files it holds open go on (nothing is
     lost), but the first file it must create (sealing a window, here one stamped ten minutes
     ago) fails; /healthz says so until the filesystem is writable again."""
@@ -308,5 +327,7 @@ def test_slow_disk_keeps_ingest_and_flushing_going_and_shows_the_queue(
     book = ledger(data, "slow")
     book.check_consistent()
     assert book.stored == book.last_total == sent
-    print(f"\nslow disk (2 writes of 2 s, 1 s flushes): max queue depth {depth:g} batches, "
-          f"sent {sent} lines, lost 0")
+    print(
+        f"\nslow disk (2 writes of 2 s, 1 s flushes): max queue depth {depth:g} batches, "
+        f"sent {sent} lines, lost 0"
+    )

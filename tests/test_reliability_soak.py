@@ -22,8 +22,9 @@ from .reliability import Sender, fd_count, ledger, recover_and_verify, rss_kib, 
 from .test_agent_process import AgentProcess
 
 
-@pytest.mark.parametrize("seconds", [pytest.param(8.0, id="short"),
-                                     pytest.param(60.0, id="60s", marks=pytest.mark.long)])
+@pytest.mark.parametrize(
+    "seconds", [pytest.param(8.0, id="short"), pytest.param(60.0, id="60s", marks=pytest.mark.long)]
+)
 def test_soak(tmp_path: Path, seconds: float) -> None:
     seconds = float(os.environ.get("STATSYARD_SOAK_SECONDS", seconds))
     rate = float(os.environ.get("STATSYARD_SOAK_RATE", 1000))
@@ -47,8 +48,11 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
             time.sleep(0.2)
         flushes = scrape(agent)["statsyard_flushes_total"] - first
         sent = sender.stop()
-        wait_until(lambda: scrape(agent)["statsyard_udp_packets_received_total"]
-                   >= sender.datagrams, 30, "every datagram read")
+        wait_until(
+            lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= sender.datagrams,
+            30,
+            "every datagram read",
+        )
         agent.proc.terminate()
         assert agent.wait(60) == 0, "".join(agent.log)
     finally:
@@ -75,7 +79,9 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
     slope = np.polyfit(t[warm], r[warm], 1)[0] * 60  # MiB per minute
     assert r[warm].max() - r[warm][0] < 16, r  # flat, not creeping
     assert f[warm].max() - f[warm].min() <= 4, f  # an HTTP scrape or two in flight at most
-    print(f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
-          f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
-          f"{flushes:g} flushes, lateness p50 {np.percentile(late_ms, 50):.1f} ms, p99 "
-          f"{np.percentile(late_ms, 99):.1f} ms, max {late_ms.max():.1f} ms; lost 0")
+    print(
+        f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
+        f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
+        f"{flushes:g} flushes, lateness p50 {np.percentile(late_ms, 50):.1f} ms, p99 "
+        f"{np.percentile(late_ms, 99):.1f} ms, max {late_ms.max():.1f} ms; lost 0"
+    )

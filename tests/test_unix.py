@@ -216,10 +216,22 @@ def container_cgroups() -> Iterator[list[tuple[Path, str, str]]]:
             leaf.mkdir()
             made.append(leaf)
             out.append((leaf / "cgroup.procs", cid, pod))
+        # Moving a process in can still be refused (cgroup namespaces, delegation rules): try.
+        probe = subprocess.Popen(["sleep", "60"])
+        try:
+            out[0][0].write_text(str(probe.pid))
+        finally:
+            probe.kill()
+            probe.wait()
     except OSError as exc:
         for path in reversed(made):
-            path.rmdir()
-        pytest.skip(f"cannot create cgroups under {root}: {exc}")
+            for _ in range(500):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:  # EBUSY until the killed probe is gone
+                    time.sleep(0.01)
+        pytest.skip(f"cannot create cgroups under {root} and move processes into them: {exc}")
     yield out
     for procs, _, _ in out:  # a failed test may have left a sender running in one
         for pid in procs.read_text().split():
