@@ -45,19 +45,25 @@ def timed(work: Callable[[], object], repeat: int = 5) -> tuple[float, object]:
 
 def build(data: Path, series: int, points: int, now: int) -> None:
     db = TSDB.open(data, StorageConfig(retention=parse_retention("10s:7d,1m:90d"), fsync=False))
-    names = tuple(f"bench.svc{i % 20:02d}.host{i // 20 % 50:02d}.req{i // 1000:02d}.count" for i in range(series))
+    names = tuple(
+        f"bench.svc{i % 20:02d}.host{i // 20 % 50:02d}.req{i // 1000:02d}.count" for i in range(series)
+    )
     tags = tuple(((("env", "dev" if i % 4 == 1 else "prod"),) if i % 2 else ()) for i in range(series))
     rollups = (Rollup.SUM,) * series
     rng = np.random.default_rng(1)
     start = now - points * 10
     for k in range(points):
-        db.write(FlushBatch(start + k * 10, 10.0, names, tags, rollups, rng.integers(0, 100, series).astype(float)))
+        db.write(
+            FlushBatch(start + k * 10, 10.0, names, tags, rollups, rng.integers(0, 100, series).astype(float))
+        )
     db.maintain(now + 3600, budget=None)
     db.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--series", type=int, default=20_000)
     parser.add_argument("--points", type=int, default=360)
     args = parser.parse_args()
@@ -67,7 +73,9 @@ def main() -> None:
         data = Path(tmp) / "data"
         started = time.perf_counter()
         build(data, args.series, args.points, now)
-        rows.append((f"build {args.series} series x {args.points} points", f"{time.perf_counter() - started:.1f} s"))
+        rows.append(
+            (f"build {args.series} series x {args.points} points", f"{time.perf_counter() - started:.1f} s")
+        )
         reader = Reader(data)
         config = GraphiteConfig()
         names = all_series(reader)[0]
@@ -88,7 +96,9 @@ def main() -> None:
             request = RenderRequest((target,), now - span, now, now, "json", mdp, False, 800, 300, "")
             elapsed, result = timed(lambda r=request: render_json(run_render(reader, r, config)))  # type: ignore[misc]
             size = len(result)  # type: ignore[arg-type]
-            rows.append((f"/render {target} maxDataPoints={mdp} ({size / 1e3:.0f} kB)", f"{elapsed * 1e3:.1f} ms"))
+            rows.append(
+                (f"/render {target} maxDataPoints={mdp} ({size / 1e3:.0f} kB)", f"{elapsed * 1e3:.1f} ms")
+            )
         reader.close()
 
     # The exporter: fold one flush of many counters and timers, then render.

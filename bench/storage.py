@@ -397,6 +397,12 @@ def report(ours: dict[str, Any], theirs: dict[str, Any] | None, fsync: bool) -> 
         f"  write per flush         median {ms(statistics.median(writes))}   "
         f"p99 {ms(pct(writes, 99))}   max {ms(max(writes))}"
     )
+    slowest = sorted(range(len(writes)), key=writes.__getitem__)[-3:][::-1]
+    print(
+        "  slowest writes          "
+        + ", ".join(f"flush {k}: {writes[k] * 1000:.0f} ms" for k in slowest)
+        + " (flush 0 registers every series)"
+    )
     print(
         f"  write throughput        {per_flush / statistics.median(writes):12,.0f} points/s "
         f"(median flush), {ours['points'] / sum(writes):,.0f} points/s overall"

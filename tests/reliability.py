@@ -68,14 +68,44 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the agent's receive workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def process_rss_kib(pid: int) -> int:
+    """Resident memory of one process (0 once it exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) if match else 0
+
+
 def rss_kib(pid: int) -> int:
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert match
-    return int(match.group(1))
+    """Resident memory of ``pid`` and its children (the agent and its receive workers)."""
+    return sum(process_rss_kib(each) for each in [pid, *children(pid)])
 
 
 def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open descriptors of ``pid`` and its children."""
+    total = 0
+    for each in [pid, *children(pid)]:
+        try:
+            total += len(os.listdir(f"/proc/{each}/fd"))
+        except OSError:
+            continue
+    return total
 
 
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:

@@ -24,9 +24,10 @@ apt_install() {
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm
 fi
-# The forwarding tests start their own VictoriaMetrics on loopback (tests/test_forward_vm.py). On a
-# host with systemd the package also enables a service on :8428 (all interfaces): stop it if unwanted.
-apt_install victoria-metrics
+# The forwarding tests start their own VictoriaMetrics and Prometheus on loopback
+# (tests/test_forward_vm.py, test_forward_prometheus.py). On a host with systemd the packages also
+# enable services on :8428 and :9090 (all interfaces): stop them if unwanted.
+apt_install victoria-metrics prometheus
 # The dashboard test drives headless Chromium through Playwright, which uses this system binary (no
 # browser download); the Prometheus test starts its own server on loopback. On a host with systemd
 # the prometheus package also enables a service on :9090 (all interfaces): stop it if unwanted.

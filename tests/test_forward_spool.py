@@ -321,3 +321,14 @@ def test_a_damaged_compressed_record_fails_its_checksum(tmp_path: Path) -> None:
     chunk = reopened.read(1000)
     assert chunk is not None
     assert ids(chunk.payloads) == [0, 1]
+
+
+def test_one_timestamp_per_read(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, compress=False, max_bytes=1 << 20, fsync=False)
+    for i, timestamp in enumerate([10, 10, 20, 30, 30]):
+        spool.append(payload(i), 1, timestamp)
+    chunks = []
+    while (chunk := spool.read(100, one_timestamp=True)) is not None:
+        chunks.append((chunk.first_timestamp, ids(chunk.payloads)))
+        spool.ack(chunk)
+    assert chunks == [(10, [0, 1]), (20, [2]), (30, [3, 4])]

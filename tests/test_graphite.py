@@ -445,3 +445,25 @@ async def test_version_functions_and_events(seeded: Seeded) -> None:
     assert isinstance(one, dict)
     assert one["name"] == "aliasByNode"
     assert await get_json(seeded.port, "/events/get_data?from=-6h&until=now") == []
+
+
+async def test_series_by_tag_over_many_names(seeded: Seeded) -> None:
+    agent = seeded.agent
+    noise = b"\n".join(b"noise.n%d:%d|c" % (i, i) for i in range(150))
+    await send(agent, noise)
+    await agent.handle.flush(now=seeded.t1 + 20)
+    base = f"&from={seeded.t1 + 20}&until={seeded.t1 + 21}"
+    # two names out of 150 alike: read one by one rather than through a broad glob
+    target = urllib.parse.quote("seriesByTag('name=~stats\\.counters\\.noise\\.n(7|42)\\.count$')")
+    reply = await get_json(seeded.port, f"/render?target={target}{base}")
+    assert isinstance(reply, list)
+    assert {s["target"]: s["datapoints"][0][0] for s in reply} == {
+        "stats.counters.noise.n42.count": 42.0,
+        "stats.counters.noise.n7.count": 7.0,
+    }
+    # many names sharing a shape: one glob for all of them
+    target = urllib.parse.quote("seriesByTag('name=~stats\\.counters\\.noise\\..*\\.count$')")
+    reply = await get_json(seeded.port, f"/render?target={target}{base}")
+    assert isinstance(reply, list)
+    assert len(reply) == 150
+    assert sum(s["datapoints"][0][0] for s in reply) == sum(range(150))

@@ -70,6 +70,17 @@ def send(port: int, name: str, count: int) -> None:
         sock.sendto(f"{name}:{count}|c".encode(), ("127.0.0.1", port))
 
 
+WORKER_ANY = re.compile(r"ingest worker \d+ started \(pid (\d+)\)")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def restarts(agent: AgentProcess, task: str) -> float:
     return scrape(agent).get(f'statsyard_task_restarts_total{{task="{task}"}}', 0.0)
 
@@ -97,16 +108,23 @@ def crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess])
     config = write_config(
         tmp / "agent.toml",
         f"[supervisor]\nmax_restarts = {max_restarts}\nmax_seconds = 60\n"
-        + ("[ingest]\nworkers = 0\n" if task == "listener" else ""),
+        # The event-loop listener runs without receive workers; one worker is enough elsewhere.
+        + f"[ingest]\nworkers = {0 if task == 'listener' else 1}\n",
     )
     data = tmp / "data"
     faults = {} if task.startswith("ingest_worker") else {ENV_VAR: f"{task}={crashes}"}
     agent = AgentProcess(data, "--config", str(config), "--flush-interval", "1", env=faults)
     started.append(agent)
     sent: dict[str, int] = {}
+    datagrams = 0
 
-    def put(name: str, count: int) -> None:
-        send(agent.udp_port, f"crash.{name}", count)
+    def put(name: str, count: int, *, spread: bool = False) -> None:
+        """One datagram ``name:count``, or (``spread``) ``count`` datagrams ``name:1`` from as
+        many source ports, which the kernel spreads over the ingest workers."""
+        nonlocal datagrams
+        for _ in range(count if spread else 1):
+            send(agent.udp_port, f"crash.{name}", 1 if spread else count)
+            datagrams += 1
         sent[name] = count
 
     if task == "listener":
@@ -120,9 +138,7 @@ def crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess])
         # SIGKILL the worker process; its task restarts it on the same socket. Lines it had
         # received but not yet shipped are lost, logged and counted; the rest is on disk.
         for k in range(crashes):
-            for _ in range(10):  # from 10 source ports: the kernel spreads them over the workers
-                send(agent.udp_port, f"crash.before{k}", 1)
-            sent[f"before{k}"] = 10
+            put(f"before{k}", 10, spread=True)
             wait_until(
                 lambda k=k: len(WORKER_STARTED.findall("".join(agent.log))) >= k + 1,
                 30,
@@ -156,12 +172,9 @@ def crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess])
         if not escalates:
             wait_until(lambda: restarts(agent, task) >= crashes, 30, f"{task} restarts")
     if not escalates:
-        put("after", 5)
+        put("after", 5, spread=task.startswith("ingest"))
         wait_until(
-            lambda: (
-                scrape(agent)["statsyard_udp_packets_received_total"]
-                >= len(sent) + (sum(sent.values()) - len(sent) if task.startswith("ingest") else 0)
-            ),
+            lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= datagrams,
             30,
             "every datagram received",
         )
@@ -272,16 +285,20 @@ def kill_round(data: Path, round_: int, rng: random.Random) -> KillRound:
             30,
             "a first batch of points written",
         )
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.8))
         if rng.random() < 0.5:
             now = time.time()
             time.sleep(math.ceil(now) - now + rng.uniform(0.0, 0.05))
         before = scrape(agent)
+        workers = [int(m.group(1)) for m in WORKER_ANY.finditer("".join(agent.log))]
         agent.proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         agent.wait(30)
     finally:
         sender.stop()
+    # The receive workers notice their agent is gone (end of file on their control socket) and
+    # exit: no orphan keeps the port or a core.
+    wait_until(lambda: not any(alive(pid) for pid in workers), 30, f"workers {workers} to exit")
     sent = sender.sent
     recover_and_verify(data)
     book = ledger(data, prefix)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from statsyard_agent._faults import ENV_VAR
+from statsyard_agent._faults import ENV_VAR, FaultInjector, InjectedFault
 from statsyard_agent._flush import flush_once
 
 from .conftest import make_config, query_async, start_agent, wait_for
@@ -38,7 +38,7 @@ from .reliability import (
     wait_until,
     write_config,
 )
-from .test_agent_faults import send_counts
+from .test_agent_faults import http_get_async, send_counts
 from .test_agent_process import AgentProcess
 
 
@@ -261,8 +261,6 @@ async def test_read_only_data_dir_degrades_health_and_recovers(nursery: trio.Nur
     with read_only(agent.config.data_dir):
         await flush_once(state, agent.handle.telemetry, now=time.time() - 600)
         await wait_for(lambda: state.writer.maintenance_failures >= 1, 20)
-        from .test_agent_faults import http_get_async
-
         status, body = await http_get_async(agent.http_port, "/healthz")
         assert status == 503
         assert b"storage maintenance failing" in body
@@ -293,6 +291,23 @@ def test_read_only_data_dir_at_start_is_refused_naming_it(tmp_path: Path) -> Non
 
 
 # -- slow disk ----------------------------------------------------------------------------------
+
+
+def test_fault_spec_arms_crashes_and_delays() -> None:
+    faults = FaultInjector.from_env({ENV_VAR: "writer=always,flusher=2,slow_disk=0.01s:2,x=0.5s"})
+    for _ in range(3):
+        with pytest.raises(InjectedFault):
+            faults.check("writer")
+    for _ in range(2):
+        with pytest.raises(InjectedFault):
+            faults.check("flusher")
+    faults.check("flusher")  # used up
+    started = time.perf_counter()
+    for _ in range(3):
+        faults.stall("slow_disk")  # two stalls of 10 ms, then none
+    assert time.perf_counter() - started >= 0.02
+    faults.disarm("x")
+    faults.stall("x")  # disarmed: no 0.5 s wait (nothing to assert on time: it just returns)
 
 
 def test_slow_disk_keeps_ingest_and_flushing_going_and_shows_the_queue(

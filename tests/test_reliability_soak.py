@@ -77,7 +77,9 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
     t, r, f = np.array(times), np.array(rss) / 1024, np.array(fds)
     warm = t >= seconds / 3
     slope = np.polyfit(t[warm], r[warm], 1)[0] * 60  # MiB per minute
-    assert r[warm].max() - r[warm][0] < 16, r  # flat, not creeping
+    # Flat: the last third holds no more than the middle third (allocator noise aside).
+    middle, last = r[(t >= seconds / 3) & (t < 2 * seconds / 3)], r[t >= 2 * seconds / 3]
+    assert last.max() <= middle.max() + 24, r
     assert f[warm].max() - f[warm].min() <= 4, f  # an HTTP scrape or two in flight at most
     print(
         f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "

@@ -75,7 +75,8 @@ class HashRing:
 def metric_key(line: bytes) -> bytes:
     """The part of a StatsD line that picks its upstream: the metric name (up to ``:``), or
     for a service check the ``_sc`` marker, so all of one name's lines meet in one place."""
-    return line.split(b":", 1)[0].split(b"|", 1)[0]
+    key = line.partition(b":")[0]
+    return key.partition(b"|")[0] if b"|" in key else key
 
 
 class StatsdRelay:
@@ -144,7 +145,9 @@ class StatsdRelay:
         for line in data.split(b"\n"):
             if not line:
                 continue
-            key = metric_key(line)
+            key = line.partition(b":")[0]  # metric_key, inlined: this runs per line
+            if b"|" in key:
+                key = key.partition(b"|")[0]
             index = owners.get(key)
             if index is None:
                 if len(owners) >= _KEY_CACHE_MAX:
@@ -156,7 +159,7 @@ class StatsdRelay:
             buffer += line
             buffer += b"\n"
             lines[index] += 1
-        if self._since is None and any(lines):
+        if self._since is None:
             self._since = self._clock()
 
     def flush(self) -> None:

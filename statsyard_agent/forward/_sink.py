@@ -113,9 +113,10 @@ class BatchSink:
             return
         encoded = self.encoder.encode(batch)
         counters = self.counters
-        done = self._partial[1] if self._partial[0] == batch_id else 0
-        if encoded.skipped and not done:
+        if self._partial[0] != batch_id:  # the first attempt for this batch
             counters.dropped_points["unencodable"] += encoded.skipped
+            self._partial = (batch_id, 0)
+        done = self._partial[1]
         for index in range(done, len(encoded.records)):
             record = encoded.records[index]
             dropped = self.spool.append(record.payload, record.points, record.timestamp)
@@ -125,6 +126,16 @@ class BatchSink:
         self.last_spooled_id = batch_id
 
     # --- the sending side (the sink's task) ----------------------------------------------
+
+    def _read(self) -> Chunk | None:
+        # Remote write sends one flush per request. Prometheus refuses a whole request (HTTP
+        # 400, rolled back) when one sample is older than what it holds; after a crash between
+        # a confirmed send and the cursor write, a resent multi-flush request would take the
+        # newer flushes down with the old one. One flush per request limits that to the resent
+        # flush itself, which the receiver already has (verified with Prometheus 2.42).
+        return self.spool.read(
+            self.config.max_points_per_send, one_timestamp=self.config.kind == "remote_write"
+        )
 
     def lag_seconds(self) -> float:
         """Age of the oldest unsent point (0 when everything was sent)."""
@@ -136,7 +147,7 @@ class BatchSink:
         while True:
             self.wakeup = trio.Event()
             try:
-                chunk = await trio.to_thread.run_sync(self.spool.read, self.config.max_points_per_send)
+                chunk = await trio.to_thread.run_sync(self._read)
             except SpoolError as exc:
                 self._failed(None, str(exc))
                 await trio.sleep(self._backoff.next())
@@ -207,7 +218,7 @@ class BatchSink:
             return
         with trio.move_on_after(self.config.shutdown_grace):
             while True:
-                chunk = await trio.to_thread.run_sync(self.spool.read, self.config.max_points_per_send)
+                chunk = await trio.to_thread.run_sync(self._read)
                 if chunk is None:
                     return
                 try:

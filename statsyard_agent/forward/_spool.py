@@ -313,8 +313,9 @@ class Spool:
 
     # --- reading and acknowledging -------------------------------------------------------
 
-    def read(self, max_points: int, max_bytes: int = 8 << 20) -> Chunk | None:
+    def read(self, max_points: int, max_bytes: int = 8 << 20, *, one_timestamp: bool = False) -> Chunk | None:
         """Up to ``max_points`` points (at least one record) from the cursor; None if empty.
+        With ``one_timestamp``, only records of the first record's timestamp (one flush).
 
         The cursor does not move: call :meth:`ack` with the chunk once it was delivered. A
         record that fails its CRC now (the disk changed under us) ends its segment there; the
@@ -342,7 +343,11 @@ class Spool:
                         handle = (segment.number, os.open(segment.path, os.O_RDONLY))
                     header = os.pread(handle[1], _HEADER.size, pos.offset)
                     length, crc, count, timestamp = _HEADER.unpack(header)
-                    if payloads and (points + count > max_points or size + length > max_bytes):
+                    if payloads and (
+                        points + count > max_points
+                        or size + length > max_bytes
+                        or (one_timestamp and timestamp != first_ts)
+                    ):
                         break
                     payload = os.pread(handle[1], length, pos.offset + _HEADER.size)
                     if len(payload) != length or _crc(count, timestamp, payload) != crc:
