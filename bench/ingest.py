@@ -66,6 +66,7 @@ ETSY_VERSION = "0.9.0"
 SENDER_THREADS = 2
 SENDER_SOCKETS = 16  # per thread: 32 source ports in all
 LOSS_LIMIT = 0.001
+LOOPS_OFFERED = 1_500_000  # lines/s offered to the bare receivers: above what any of them reads
 NAMES = 10_000
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -762,7 +763,7 @@ def run_loops(sender: Path, workload: Workload, seconds: float) -> list[dict[str
                 assert child.stdout is not None
                 child.stdout.readline()  # ready
                 time.sleep(0.3)
-                sent = send(sender, workload, port, 2_500_000, seconds)
+                sent = send(sender, workload, port, LOOPS_OFFERED, seconds)
                 out = child.communicate(timeout=120)[0].split()
                 lines = sum(int(out[i + 1]) for i, word in enumerate(out) if word == "done")
                 cpu = sum(float(out[i + 2]) for i, word in enumerate(out) if word == "done")

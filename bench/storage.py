@@ -27,6 +27,7 @@ series count.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -246,12 +247,12 @@ def run_tsdb(args: argparse.Namespace, workload: Workload, data: Path) -> dict[s
     progress_every = max(1, flushes // 20)
     for k in range(flushes):
         ts = T0 + FLUSH * (k + 1)
-        took, batch = timed(lambda ts=ts: workload.flush(ts))
+        took, batch = timed(functools.partial(workload.flush, ts))
         generate += took
-        took, written = timed(lambda batch=batch: db.write(batch))
+        took, written = timed(functools.partial(db.write, batch))
         writes.append(took)
         points += written
-        took, _ = timed(lambda ts=ts: db.maintain(ts + 5))
+        took, _ = timed(functools.partial(db.maintain, ts + 5))
         maintains.append(took)
         if (k + 1) % progress_every == 0:
             print(
@@ -279,9 +280,10 @@ def run_tsdb(args: argparse.Namespace, workload: Workload, data: Path) -> dict[s
     )
     one_series = []
     for i in picks:
-        took, result = timed(
-            lambda i=i: reader.query(workload.names[i], day_start, end, tags=dict(workload.tags[i]), now=end)
+        query = functools.partial(
+            reader.query, workload.names[i], day_start, end, tags=dict(workload.tags[i]), now=end
         )
+        took, result = timed(query)
         assert len(result) == 1
         one_series.append(took)
     glob = "stats.counters.svc000.*.count"
@@ -338,13 +340,12 @@ def run_whisper(args: argparse.Namespace, workload: Workload, root: Path) -> dic
         return None
     archives = [(10, 7 * 8640), (60, 90 * 1440), (3600, 2 * 365 * 24)]
     picks = np.linspace(0, len(workload.names) - 1, count).astype(int).tolist()
-    paths = []
+    paths: list[str] = []
     for i in picks:
-        path = root / f"{i}.wsp"
+        paths.append(str(root / f"{i}.wsp"))
         whisper.create(
-            str(path), archives, xFilesFactor=0.0, aggregationMethod=_WHISPER_AGG[workload.rollups[i]]
+            paths[-1], archives, xFilesFactor=0.0, aggregationMethod=_WHISPER_AGG[workload.rollups[i]]
         )
-        paths.append(str(path))
     flushes = int(args.whisper_hours * 3600 // FLUSH)
     replay = build_workload(len(workload.names))
     times = []
