@@ -38,12 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import trio
 
 from ._exceptions import ConfigError, QueryError, StorageError
-from ._graphite_funcs import Context, Series, TagExpression, consolidate, evaluate, functions_json
-from ._graphite_funcs import parse_tag_expression as parse_tag_expression
+from ._graphite_funcs import (
+    Context,
+    Series,
+    TagExpression,
+    consolidate,
+    evaluate,
+    functions_json,
+    parse_tag_expression,
+)
 from ._http import Request, Response
 from ._svgchart import render_svg
 from .storage import Glob, Reader, SeriesData, SeriesKey, parse_time
@@ -699,10 +705,3 @@ def make_graphite_routes(pool: ReaderPool, config: GraphiteConfig) -> Route:
         return _json_response(tag_values(keys, tag, _regex(request, "filter"), _limit(request, 10_000)))
 
     return route
-
-
-def series_values(series: Series) -> list[tuple[int, float]]:
-    """``(timestamp, value)`` of every non-null point (for tests and the dashboard)."""
-    stamps = series.start + np.arange(len(series.values), dtype=np.int64) * series.step
-    keep = ~np.isnan(series.values)
-    return list(zip(stamps[keep].tolist(), series.values[keep].tolist(), strict=True))

@@ -155,8 +155,12 @@ async def test_grafana_frontend_render_with_relative_times(seeded: Seeded) -> No
     assert isinstance(reply, list)
     assert [s["target"] for s in reply] == ["errors", "hits", "stats.gauges.temp"]
     non_null = {s["target"]: [v for v, _ in s["datapoints"] if v is not None] for s in reply}
-    # 6 h of the 1 s tier in 500 points: consolidated by each stat's own function
-    assert non_null == {"errors": [1.0], "hits": [8.0], "stats.gauges.temp": [25.0]}
+    # 6 h of the 1 s tier in 500 points: consolidated by each stat's own function. The 44 s
+    # buckets are aligned to multiples of 44 (graphite-web's nudge), so the two seeded flushes
+    # 10 s apart share a bucket on most minutes but not all: compare what consolidation keeps.
+    assert non_null["errors"] == [1.0]
+    assert sum(non_null["hits"]) == 8.0  # counts add up, in one bucket or two
+    assert non_null["stats.gauges.temp"][-1] == 25.0  # a gauge keeps its last value
     steps = {s["datapoints"][1][1] - s["datapoints"][0][1] for s in reply}
     assert steps == {44}  # ceil(21600 / 500) = 44 s buckets
 
