@@ -164,12 +164,14 @@ async def test_dashboard_in_headless_chromium(agent: RunningAgent) -> None:
         pytest.skip("no chromium binary (Debian package 'chromium'; tests/run-all.sh installs it)")
     pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 
-    # About a minute and a half of data, every 3 s: recent enough that no window is sealed yet.
+    # The last 48 s, a flush every 2 s. The storage drops points of a window it has sealed, and
+    # it seals a window 60 s after its end, so a stamp s stays writable until at least s + 61:
+    # these are all written long before that.
     now = int(time.time())
-    first = now // 60 * 60 - 57
+    first = now - 48
     sent_gauge: list[tuple[int, float]] = []
     sent_counter: list[tuple[int, float]] = []
-    for i, stamp in enumerate(range(first, now + 1, 3)):
+    for i, stamp in enumerate(range(first, now + 1, 2)):
         temperature = round(21 + 4 * math.sin(i / 4) + (i % 5) * 0.3, 1)
         requests = 20 + (i * 37) % 23
         await send(
@@ -183,7 +185,7 @@ async def test_dashboard_in_headless_chromium(agent: RunningAgent) -> None:
     assert agent.handle.state.tsdb.stats.late_points_dropped == 0
 
     shot = ARTIFACTS / "dashboard.png"
-    url = f"http://127.0.0.1:{agent.http_port}/#range=-5min"
+    url = f"http://127.0.0.1:{agent.http_port}/#range=-2min"
     seen = await trio.to_thread.run_sync(drive_dashboard, url, executable, shot)
 
     assert seen["errors"] == []
