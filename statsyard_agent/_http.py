@@ -82,7 +82,7 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
                 except Exception:
                     log.exception("HTTP handler failed for %s %s", request.method, request.path)
                     response = Response.text(500, "internal error; see the agent log\n")
-                await _send(stream, conn, response)
+                await _send(stream, conn, response, head_only=request.method == "HEAD")
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 try:
@@ -136,7 +136,9 @@ def _to_request(head: h11.Request, body: bytes) -> Request:
                    body)
 
 
-async def _send(stream: trio.SocketStream, conn: h11.Connection, response: Response) -> None:
+async def _send(stream: trio.SocketStream, conn: h11.Connection, response: Response,
+                *, head_only: bool = False) -> None:
+    """Send ``response``; for a HEAD request only its headers (h11 refuses a body there)."""
     headers = [
         ("Content-Type", response.content_type),
         ("Content-Length", str(len(response.body))),
@@ -146,7 +148,8 @@ async def _send(stream: trio.SocketStream, conn: h11.Connection, response: Respo
         headers.append(("Connection", "close"))
     try:
         data = conn.send(h11.Response(status_code=response.status, headers=headers))
-        data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
+        if not head_only:
+            data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
         data += conn.send(h11.EndOfMessage()) or b""
     except h11.LocalProtocolError:
         return

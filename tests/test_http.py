@@ -82,3 +82,17 @@ async def test_listeners_bind_loopback_by_default() -> None:
     assert config.udp.host == "127.0.0.1"
     assert config.http is not None
     assert config.http.host == "127.0.0.1"
+
+
+async def test_head_gets_the_headers_without_a_body(agent: RunningAgent) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", agent.http_port)
+    async with stream:
+        await stream.send_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(4096):
+                reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length:" in head.lower()
+    assert body == b""
