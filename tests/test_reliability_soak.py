@@ -1,7 +1,7 @@
 """A bounded soak of the real agent at a steady rate: memory flat, no file-descriptor growth,
 flushes aligned to the interval, and not one line lost.
 
-Default: a short run (8 s); ``pytest -m long``: 60 s. By hand, for hours::
+Default: a short run (6 s); ``pytest -m long``: 60 s. By hand, for hours::
 
     STATSYARD_SOAK_SECONDS=7200 STATSYARD_SOAK_RATE=5000 pytest -m long -s \\
         tests/test_reliability_soak.py
@@ -23,7 +23,7 @@ from .test_agent_process import AgentProcess
 
 
 @pytest.mark.parametrize(
-    "seconds", [pytest.param(8.0, id="short"), pytest.param(60.0, id="60s", marks=pytest.mark.long)]
+    "seconds", [pytest.param(6.0, id="short"), pytest.param(60.0, id="60s", marks=pytest.mark.long)]
 )
 def test_soak(tmp_path: Path, seconds: float) -> None:
     seconds = float(os.environ.get("STATSYARD_SOAK_SECONDS", seconds))
@@ -80,7 +80,7 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
     # Flat: the last third holds no more than the middle third (allocator noise aside).
     middle, last = r[(t >= seconds / 3) & (t < 2 * seconds / 3)], r[t >= 2 * seconds / 3]
     assert last.max() <= middle.max() + 24, r
-    assert f[warm].max() - f[warm].min() <= 4, f  # an HTTP scrape or two in flight at most
+    assert f[warm].max() - f[warm].min() <= 6, f  # a few HTTP scrapes in flight at most
     print(
         f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
         f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
