@@ -3,11 +3,14 @@ counts as parsing every line and adding it to the aggregator."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from array import array
+from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +18,8 @@ from statsyard_agent._aggregate import Aggregator, AggregatorConfig, Partial, bu
 from statsyard_agent._ingest import EVICT_AFTER_TAKES, PreAggregator, SimpleCounts
 from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import Event, FlushBatch, MetricKind
+
+from .conftest import make_config, start_agent, statsd_client
 
 Points = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 PARSER = ParserConfig()
@@ -313,3 +318,41 @@ def test_take_hands_over_and_starts_empty() -> None:
     assert preagg.pending == 0
     preagg.feed(b"a:1|c")  # the spec is still known: fast path into a fresh slot
     assert preagg.take().counters == {("a", ()): 1.0}
+
+
+# -- the cardinality cap in the agent: refused, counted, logged once per interval ---------------
+
+
+async def test_cardinality_cap_is_counted_and_logged_once_per_interval(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="statsyard_agent._flush")
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "statsyard_agent._flush"]
+
+    agent = await start_agent(nursery, make_config(tmp_path / "data", max_series=3))
+    with statsd_client(agent.udp_port) as client:
+        for i in range(5):
+            client.incr(f"cap.s{i}")
+        client.incr("cap.s4")  # a refused series is counted once per interval
+        await agent.wait_lines(6)
+        with trio.fail_after(30):
+            await agent.handle.flush()
+        aggregator = agent.handle.state.aggregator
+        assert (aggregator.active_series, aggregator.rejected_series) == (3, 2)
+        warnings = logged()
+        assert len(warnings) == 1
+        assert "max_series=3 reached: 2 new series refused" in warnings[0]
+        client.incr("cap.s0")  # existing series keep working; nothing refused: no new line
+        await agent.wait_lines(7)
+        with trio.fail_after(30):
+            await agent.handle.flush()
+        assert len(logged()) == 1
+        client.incr("cap.s9")
+        await agent.wait_lines(8)
+        with trio.fail_after(30):
+            await agent.handle.flush()
+        assert aggregator.rejected_series == 3
+        assert len(logged()) == 2
+    assert await agent.stop() == 0

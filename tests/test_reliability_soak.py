@@ -81,7 +81,9 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
     middle, last = r[(t >= seconds / 3) & (t < 2 * seconds / 3)], r[t >= 2 * seconds / 3]
     assert last.max() <= middle.max() + 24, r
     assert f[warm].max() - f[warm].min() <= 6, f  # a few HTTP scrapes in flight at most
+    minutes = [f"{r[np.searchsorted(t, m * 60)]:.0f}" for m in range(int(t[-1] // 60) + 1)]
     print(
+        f"\nRSS (agent + receive workers) at each minute: {' '.join(minutes)} MiB"
         f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
         f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
         f"{flushes:g} flushes, lateness p50 {np.percentile(late_ms, 50):.1f} ms, p99 "
