@@ -94,9 +94,11 @@ def open_ingest_sockets(address: Address, rcvbuf: int, workers: int) -> tuple[li
 def _other_sockets_on_port(
     port: int, ours: Sequence[socket.socket], proc_net: Path = Path("/proc/net")
 ) -> int:
-    """UDP sockets bound to ``port`` in this network namespace that are not ``ours``."""
+    """UDP sockets that would share our traffic: bound to ``port`` on our address or a wildcard,
+    and not ``ours``. (Sockets on the same port number but another local address, e.g. clients
+    elsewhere, share nothing with us and are not counted.)"""
     inodes = {str(os.fstat(sock.fileno()).st_ino) for sock in ours}
-    others = 0
+    entries: list[tuple[str, str]] = []  # (local address hex, inode) of every socket on the port
     for name in ("udp", "udp6"):
         try:
             lines = (proc_net / name).read_text().splitlines()[1:]
@@ -104,9 +106,17 @@ def _other_sockets_on_port(
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) >= 10 and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                others += fields[9] not in inodes
-    return others
+            if len(fields) >= 10:
+                address, _, port_hex = fields[1].rpartition(":")
+                if int(port_hex, 16) == port:
+                    entries.append((address, fields[9]))
+    our_addresses = {address for address, inode in entries if inode in inodes}
+
+    def overlaps(address: str) -> bool:
+        wildcard = set(address) == {"0"}
+        return wildcard or address in our_addresses or any(set(a) == {"0"} for a in our_addresses)
+
+    return sum(1 for address, inode in entries if inode not in inodes and overlaps(address))
 
 
 @dataclass(eq=False)
