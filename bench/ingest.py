@@ -66,8 +66,8 @@ ETSY_VERSION = "0.9.0"
 SENDER_THREADS = 2
 SENDER_SOCKETS = 16  # per thread: 32 source ports in all
 LOSS_LIMIT = 0.001
-QUIET_CORES = 0.10  # other processes may use this much CPU before a trial starts ...
-DISTURBED_CORES = 0.20  # ... and this much during one, else it is retried
+QUIET_CORES = 0.30  # other processes may use this much CPU before a trial starts ...
+DISTURBED_CORES = 0.40  # ... and this much during one, else it is retried
 ATTEMPTS = 4
 LOOPS_OFFERED = 1_500_000  # lines/s offered to the bare receivers: above what any of them reads
 NAMES = 10_000
@@ -492,19 +492,38 @@ class _SinkHandler(socketserver.StreamRequestHandler):
             server.flushes.append((opened, time.monotonic(), total))
 
 
+# Etsy statsd has no receive-buffer setting: its socket gets net.core.rmem_default (208 KiB
+# here). This preload gives its socket the SO_RCVBUF StatsYard asks for (node's recvBufferSize),
+# for a second, like-for-like Etsy variant.
+_RCVBUF_PRELOAD = """\
+const dgram = require('dgram');
+const createSocket = dgram.createSocket;
+dgram.createSocket = function (type, listener) {
+  const options = typeof type === 'string' ? { type: type } : Object.assign({}, type);
+  options.recvBufferSize = %d;
+  return createSocket.call(dgram, options, listener);
+};
+"""
+
+
 class Etsy:
-    """Etsy statsd 0.9 under node, graphite backend into a :class:`GraphiteSink`."""
+    """Etsy statsd 0.9 under node, graphite backend into a :class:`GraphiteSink`; ``rcvbuf``
+    (bytes) gives its UDP socket that SO_RCVBUF instead of the kernel default."""
 
-    name = f"Etsy statsd {ETSY_VERSION}"
-
-    def __init__(self, flush_interval: int, scratch: Path) -> None:
+    def __init__(self, flush_interval: int, scratch: Path, rcvbuf: int = 0) -> None:
         self.flush_interval = flush_interval
         self.scratch = scratch
         self.home = install_etsy()
+        self.preload: Path | None = None
+        self.name = f"Etsy statsd {ETSY_VERSION}"
+        if rcvbuf:
+            self.name += f" rcvbuf {rcvbuf >> 20} MiB"
+            self.preload = scratch / f"etsy-rcvbuf-{rcvbuf}.js"
+            self.preload.write_text(_RCVBUF_PRELOAD % rcvbuf)
 
     @contextmanager
     def running(self) -> Iterator[EtsyProcess]:
-        process = EtsyProcess(self.home, self.flush_interval, self.scratch)
+        process = EtsyProcess(self.home, self.flush_interval, self.scratch, self.preload)
         try:
             yield process
         finally:
@@ -512,7 +531,7 @@ class Etsy:
 
 
 class EtsyProcess:
-    def __init__(self, home: Path, flush_interval: int, scratch: Path) -> None:
+    def __init__(self, home: Path, flush_interval: int, scratch: Path, preload: Path | None) -> None:
         self.sink = GraphiteSink()
         threading.Thread(target=self.sink.serve_forever, daemon=True).start()
         self.udp_port, mgmt_port = free_port(), free_port(socket.SOCK_STREAM)
@@ -531,7 +550,7 @@ class EtsyProcess:
         self.config_path = scratch / f"etsy-{self.udp_port}.js"
         self.config_path.write_text("module.exports = " + json.dumps(config) + ";\n")
         self.process = subprocess.Popen(
-            ["node", "stats.js", str(self.config_path)],
+            ["node", *(["--require", str(preload)] if preload else []), "stats.js", str(self.config_path)],
             cwd=home / "node_modules" / "statsd",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -1037,7 +1056,13 @@ def print_table(report: Report) -> None:
             f"{'system':30} {'lines/dgram':>11} {'lines/s':>12} {'datagrams/s':>12} {'CPU s/M lines':>14} "
             f"{'peak RSS MiB':>13} {'ours/theirs':>12}"
         )
-        theirs = {row["lines_per_datagram"]: row for row in report.best if row["system"].startswith("Etsy")}
+        theirs: dict[int, dict[str, Any]] = {}  # the better Etsy variant per datagram size
+        for row in report.best:
+            best = theirs.get(row["lines_per_datagram"])
+            if row["system"].startswith("Etsy") and (
+                best is None or row["lines_per_s"] > best["lines_per_s"]
+            ):
+                theirs[row["lines_per_datagram"]] = row
         for row in report.best:
             etsy = theirs.get(row["lines_per_datagram"])
             ratio = (
@@ -1099,8 +1124,9 @@ def main() -> None:
         if "table" in parts:
             systems: list[tuple[Any, Callable[..., Trial], list[tuple[Workload, float]]]] = []
             if not args.no_etsy:
-                etsy = Etsy(args.flush_interval, scratch)
-                systems.append((etsy, trial_etsy, [(batched, 100_000), (single, 60_000)]))
+                for rcvbuf in (0, 8 << 20):
+                    etsy = Etsy(args.flush_interval, scratch, rcvbuf)
+                    systems.append((etsy, trial_etsy, [(batched, 100_000), (single, 50_000)]))
             for workers in (int(w) for w in args.workers.split(",")):
                 cases = [(batched, 300_000)]
                 if str(workers) in args.single_workers.split(","):

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import numpy as np
 
 from statsyard_agent.storage import TSDB, Reader, StorageConfig, parse_retention, verify_storage
 
+from .test_agent_faults import http_get
 from .test_agent_process import AgentProcess
 
 RETENTION = "1s:1d,1m:7d"  # what AgentProcess passes
@@ -38,18 +37,9 @@ STORAGE = StorageConfig(retention=parse_retention(RETENTION), fsync=False)
 # -- the agent process from outside -------------------------------------------------------------
 
 
-def http(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    """GET ``path``; (status, body); the status of an HTTP error too."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def scrape(agent: AgentProcess) -> dict[str, float]:
     """Every sample of ``/metrics`` by its full name with labels (``x_total{task="writer"}``)."""
-    _, body = http(agent.http_port, "/metrics")
+    _, body = http_get(agent.http_port, "/metrics")
     samples = {}
     for line in body.decode().splitlines():
         if line and not line.startswith("#"):
@@ -59,7 +49,7 @@ def scrape(agent: AgentProcess) -> dict[str, float]:
 
 
 def health(agent: AgentProcess) -> tuple[int, dict[str, object]]:
-    status, body = http(agent.http_port, "/healthz")
+    status, body = http_get(agent.http_port, "/healthz")
     return status, json.loads(body)
 
 
@@ -106,16 +96,6 @@ def fd_count(pid: int) -> int:
         except OSError:
             continue
     return total
-
-
-def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate()`` (a callable) until true; fail naming ``what`` after ``timeout``."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(interval)
 
 
 def log_has(agent: AgentProcess, text: str) -> bool:

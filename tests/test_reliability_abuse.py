@@ -29,8 +29,8 @@ from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import FlushBatch, Rollup
 from statsyard_agent.storage import TSDB, StorageConfig, parse_retention
 
-from .conftest import RunningAgent, make_config, query_async, start_agent, wait_for
-from .reliability import children, cli, process_rss_kib, rss_kib, scrape, wait_until
+from .conftest import RunningAgent, make_config, query_async, start_agent, wait_for, wait_for_blocking
+from .reliability import children, cli, process_rss_kib, rss_kib, scrape
 from .test_agent_faults import http_get_async
 from .test_agent_process import AgentProcess
 from .test_protocol import any_bytes, check_item, configs, metric_lines, parse_line_or_error
@@ -215,7 +215,7 @@ def run_flood(agent: AgentProcess, names: int, seed: int) -> None:
     before = received_metrics(agent)
     flood(agent.udp_port, names, seed)
     drops = scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0)
-    wait_until(
+    wait_for_blocking(
         lambda: (
             received_metrics(agent)
             + 40 * (scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0) - drops)
@@ -241,7 +241,7 @@ def test_cardinality_flood_stays_within_the_cap_and_a_memory_bound(
     cap = 5000
     agent = AgentProcess(tmp_path / "data", "--flush-interval", "1", "--max-series", str(cap))
     try:
-        wait_until(
+        wait_for_blocking(
             lambda: sum("ingest worker" in line and "started" in line for line in agent.log) >= 2,
             30,
             "both receive workers running",
@@ -256,7 +256,7 @@ def test_cardinality_flood_stays_within_the_cap_and_a_memory_bound(
             for pid in pids:
                 peak[pid] = max(peak[pid], process_rss_kib(pid))
         flushes = scrape(agent)["statsyard_flushes_total"]
-        wait_until(
+        wait_for_blocking(
             lambda: scrape(agent)["statsyard_flushes_total"] >= flushes + 2,
             30,
             "two flushes after the flood (refusals are tallied as the interval closes)",

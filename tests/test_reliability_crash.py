@@ -103,6 +103,15 @@ class CrashOutcome:
 
 def crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess]) -> CrashOutcome:
     """Crash ``task`` of a real agent as ``mode`` says, sending data before and after."""
+    try:
+        return _crash_scenario(tmp, task, mode, started)
+    except AssertionError as exc:
+        mine = [agent for agent in started if agent.data_dir == tmp / "data"]
+        log = "".join(mine[0].log) if mine else ""
+        raise AssertionError(f"{task} {mode}: {exc}\n{log[-4000:]}") from exc
+
+
+def _crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess]) -> CrashOutcome:
     crashes, max_restarts = MODES[mode]
     escalates = crashes > max_restarts
     config = write_config(
@@ -176,7 +185,7 @@ def crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess])
         wait_for_blocking(
             lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= datagrams,
             30,
-            "every datagram received",
+            f"every datagram received ({datagrams} sent)",
         )
         agent.proc.send_signal(signal.SIGTERM)
     status = agent.wait(60)

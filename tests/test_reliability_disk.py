@@ -24,7 +24,7 @@ import trio
 from statsyard_agent._faults import ENV_VAR, FaultInjector, InjectedFault
 from statsyard_agent._flush import flush_once
 
-from .conftest import make_config, query_async, start_agent, wait_for
+from .conftest import make_config, query_async, start_agent, wait_for, wait_for_blocking
 from .reliability import (
     Sender,
     cli,
@@ -35,7 +35,6 @@ from .reliability import (
     recover_and_verify,
     scrape,
     tmpfs,
-    wait_until,
     write_config,
 )
 from .test_agent_faults import http_get_async, send_counts
@@ -55,7 +54,7 @@ def started() -> Iterator[list[AgentProcess]]:
 def stop(agent: AgentProcess, sender: Sender) -> int:
     """Stop the load, let the agent read it all, SIGTERM; return the lines sent."""
     sent = sender.stop()
-    wait_until(lambda: received(agent) >= sender.datagrams, 30, "every datagram received")
+    wait_for_blocking(lambda: received(agent) >= sender.datagrams, 30, "every datagram received")
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.wait(60) == 0, "".join(agent.log)
     return sent
@@ -90,17 +89,19 @@ def test_disk_full_buffers_reports_503_drops_oldest_and_recovers(
         # ~1,600 points per flush (200 bulk series): each WAL record needs fresh pages.
         sender = Sender(agent.udp_port, "full", rate=200, lines=3, bulk=20, bulk_names=200)
         sender.start()
-        wait_until(lambda: written(agent) >= 2, 30, "two batches written")
+        wait_for_blocking(lambda: written(agent) >= 2, 30, "two batches written")
         filler = fill(disk)
         full_wall = time.time()
-        wait_until(lambda: scrape(agent).get("statsyard_write_errors_total", 0) >= 1, 30, "a failed write")
+        wait_for_blocking(
+            lambda: scrape(agent).get("statsyard_write_errors_total", 0) >= 1, 30, "a failed write"
+        )
         status, body = health(agent)
         assert status == 503
         assert "No space left on device" in str(body["problems"])
         assert log_has(agent, "write failed")
         assert log_has(agent, "the disk is full")
         lines_at_full = scrape(agent)["statsyard_lines_received_total"]
-        wait_until(
+        wait_for_blocking(
             lambda: scrape(agent)["statsyard_writer_dropped_batches_total"] >= 1,
             60,
             "a batch dropped (the oldest)",
@@ -113,7 +114,7 @@ def test_disk_full_buffers_reports_503_drops_oldest_and_recovers(
         filler.unlink()  # space is back
         freed_wall = time.time()
         freed = time.monotonic()
-        wait_until(
+        wait_for_blocking(
             lambda: scrape(agent)["statsyard_writer_queue_batches"] == 0 and health(agent)[0] == 200,
             60,
             "the buffered batches written, 200 again",
@@ -163,21 +164,21 @@ def test_data_dir_replaced_by_a_file_degrades_then_recovers(
     agent = AgentProcess(data, "--flush-interval", "1")
     started.append(agent)
     sender = Sender(agent.udp_port, "moved", rate=200, lines=2).start()
-    wait_until(lambda: written(agent) >= 2, 30, "two batches written")
+    wait_for_blocking(lambda: written(agent) >= 2, 30, "two batches written")
     intruder = tmp_path / "intruder"
     intruder.write_text("not a directory\n")
     exchange(data, intruder)  # data is now a file; the directory waits at 'intruder'
-    wait_until(lambda: health(agent)[0] == 503, 30, "503")
+    wait_for_blocking(lambda: health(agent)[0] == 503, 30, "503")
     _, body = health(agent)
     assert "is gone or unreadable" in str(body["problems"])
     assert log_has(agent, f"the data directory {data} is gone or unreadable")
     lines = scrape(agent)["statsyard_lines_received_total"]
-    wait_until(lambda: scrape(agent)["statsyard_writer_queue_batches"] >= 2, 30, "buffering")
+    wait_for_blocking(lambda: scrape(agent)["statsyard_writer_queue_batches"] >= 2, 30, "buffering")
     assert scrape(agent)["statsyard_lines_received_total"] > lines
 
     exchange(data, intruder)  # the directory is back
     back = time.monotonic()
-    wait_until(
+    wait_for_blocking(
         lambda: health(agent)[0] == 200 and scrape(agent)["statsyard_writer_queue_batches"] == 0,
         30,
         "recovered",
@@ -203,18 +204,18 @@ def test_data_dir_deleted_is_recreated_and_nothing_after_is_lost(
     agent = AgentProcess(data, "--flush-interval", "1")
     started.append(agent)
     sender = Sender(agent.udp_port, "gone", rate=200, lines=2).start()
-    wait_until(lambda: written(agent) >= 2, 30, "two batches written")
+    wait_for_blocking(lambda: written(agent) >= 2, 30, "two batches written")
     trash = tmp_path / "trash"
     data.rename(trash)  # rm -rf, but all at once (rm -rf races the agent recreating it)
     shutil.rmtree(trash)
     deleted = time.monotonic()
-    wait_until(
+    wait_for_blocking(
         lambda: log_has(agent, "removed or replaced while the agent ran; opened it afresh"),
         30,
         "the reopen log line",
     )
     assert log_has(agent, "write failed")
-    wait_until(lambda: health(agent)[0] == 200 and written(agent) >= 4, 30, "writing again")
+    wait_for_blocking(lambda: health(agent)[0] == 200 and written(agent) >= 4, 30, "writing again")
     recovery = time.monotonic() - deleted
     sent = stop(agent, sender)
     recover_and_verify(data)
@@ -337,7 +338,7 @@ def test_slow_disk_keeps_ingest_and_flushing_going_and_shows_the_queue(
     during = scrape(agent)
     assert during["statsyard_flushes_total"] >= flushes + 2  # flushing went on
     assert during["statsyard_lines_received_total"] > 0
-    wait_until(lambda: scrape(agent)["statsyard_writer_queue_batches"] == 0, 30, "drained")
+    wait_for_blocking(lambda: scrape(agent)["statsyard_writer_queue_batches"] == 0, 30, "drained")
     sent = stop(agent, sender)
     book = ledger(data, "slow")
     book.check_consistent()

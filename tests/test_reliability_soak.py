@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .reliability import Sender, fd_count, ledger, recover_and_verify, rss_kib, scrape, wait_until
+from .conftest import wait_for_blocking
+from .reliability import Sender, fd_count, ledger, recover_and_verify, rss_kib, scrape
 from .test_agent_process import AgentProcess
 
 
@@ -48,11 +49,15 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
             time.sleep(0.2)
         flushes = scrape(agent)["statsyard_flushes_total"] - first
         sent = sender.stop()
-        wait_until(
-            lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= sender.datagrams,
-            30,
-            "every datagram read",
-        )
+
+        def accounted() -> float:
+            sample = scrape(agent)
+            return sample["statsyard_udp_packets_received_total"] + sample.get(
+                "statsyard_udp_kernel_drops_total", 0.0
+            )
+
+        wait_for_blocking(lambda: accounted() >= sender.datagrams, 30, "every datagram read or dropped")
+        drops = scrape(agent).get("statsyard_udp_kernel_drops_total", 0.0)
         agent.proc.terminate()
         assert agent.wait(60) == 0, "".join(agent.log)
     finally:
@@ -60,12 +65,13 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
             agent.proc.kill()
             agent.wait(30)
 
-    # Not one line lost, nothing counted twice.
+    # Nothing counted twice; nothing lost but what the kernel dropped before the agent could read
+    # it (counted in statsyard_udp_kernel_drops_total; none on a quiet machine).
     recover_and_verify(data)
     book = ledger(data, "soak", since=started_wall)
     book.check_consistent()
-    assert book.gaps() == []
-    assert book.stored == book.last_total == sent
+    lost = sent - book.stored
+    assert lost <= drops * sender.lines, (lost, drops)
 
     # Flushes: one per second of the run, each at its boundary (the flusher wakes on it; the
     # stamp is the boundary itself, or the wall clock when the wake-up came late).
@@ -87,5 +93,6 @@ def test_soak(tmp_path: Path, seconds: float) -> None:
         f"\nsoak {seconds:g} s at {rate:g} datagrams/s ({sent} lines): RSS {r[0]:.0f} -> "
         f"{r[-1]:.0f} MiB (slope after warm-up {slope:+.2f} MiB/min), fds {f.min()}-{f.max()}, "
         f"{flushes:g} flushes, lateness p50 {np.percentile(late_ms, 50):.1f} ms, p99 "
-        f"{np.percentile(late_ms, 99):.1f} ms, max {late_ms.max():.1f} ms; lost 0"
+        f"{np.percentile(late_ms, 99):.1f} ms, max {late_ms.max():.1f} ms; lost {lost:g} "
+        f"({drops:g} datagrams dropped by the kernel)"
     )
