@@ -273,7 +273,7 @@ class PreAggregator:
                     slow += 1
                     self._parse_line(line)
                     continue
-            try:
+            try:  # _accumulate(), inlined: a call per line would cost ~5 % here
                 if code == _COUNTER:
                     cell[0] += value * factor
                 elif code == _SAMPLES:
@@ -339,16 +339,7 @@ class PreAggregator:
                     return
             slot = self._bind(key, kind, series, rate)
             if slot is not None:
-                code, cell, factor = slot
-                if code == _COUNTER:
-                    cell[0] += value * factor
-                elif code == _SAMPLES:
-                    cell[0].append(value)
-                elif factor and (raw[0] == _PLUS or raw[0] == _MINUS):
-                    cell[1] += value
-                else:
-                    cell[0] = 1.0
-                    cell[1] = value
+                _accumulate(slot, raw, value)
         counts = self._counts
         counts.lines += 1
         counts.metrics += 1
@@ -459,6 +450,20 @@ class PreAggregator:
         if len(self._refused_keys) < self._max_series:
             self._refused_keys.add((kind.value, series))
         return False
+
+
+def _accumulate(slot: _Slot, raw: bytes, value: float) -> None:
+    """Add one single-valued line (``raw`` its value's text, ``value`` that value) to a slot."""
+    code, cell, factor = slot
+    if code == _COUNTER:
+        cell[0] += value * factor
+    elif code == _SAMPLES:
+        cell[0].append(value)
+    elif factor and (raw[0] == _PLUS or raw[0] == _MINUS):  # a delta (gauge_sign = "delta")
+        cell[1] += value
+    else:
+        cell[0] = 1.0
+        cell[1] = value
 
 
 def _new_samples() -> array[float]:

@@ -95,10 +95,18 @@ class Receiver:
         self._receive_errors = 0
 
     def drain(self, limit: int = DRAIN_LIMIT) -> int:
-        """Read and pre-aggregate up to ``limit`` queued datagrams; return how many."""
+        """Read and pre-aggregate up to ``limit`` queued datagrams; return how many.
+
+        Each datagram is published in the live counters right after it is read, before the
+        next read and before any of the batch is processed, so a worker killed at any point
+        leaves at most the datagram of one unfinished ``recv_into`` call uncounted (and that one
+        is still in the kernel's queue, where the next worker or the final drain reads it).
+        """
         recv_into = self._sock.recv_into
         buffer = self._buffer
         view = memoryview(buffer)
+        live = self._live
+        received = self._received
         batch: list[bytes] = []
         append = batch.append
         for _ in range(limit):
@@ -109,15 +117,12 @@ class Receiver:
             except OSError:
                 self._receive_errors += 1
                 break
-            append(bytes(view[:size]))
-        if not batch:
-            return 0
-        received = self._received
-        received[0] += len(batch)
-        received[1] += sum(map(len, batch))
-        received[2] += sum(map(count_lines, batch))
-        live = self._live
-        live[0], live[1], live[2] = received
+            datagram = bytes(view[:size])
+            received[0] += 1
+            received[1] += size
+            received[2] += count_lines(datagram)
+            live[0], live[1], live[2] = received
+            append(datagram)
         feed = self._preagg.feed
         for datagram in batch:
             feed(datagram)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -26,22 +27,27 @@ MAX_DATAGRAM = 65535
 _DRAIN_LIMIT = 512  # datagrams per wakeup, so a flood cannot starve the flusher or HTTP
 
 
-def open_udp_socket(address: Address, rcvbuf: int, *,
-                    reuseport: bool = False) -> tuple[socket.socket, int]:
-    """Bind a non-blocking UDP socket; return it and the SO_RCVBUF the kernel granted.
-
-    ``reuseport`` sets SO_REUSEPORT first (the ingest workers' sockets share one port)."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+def bind_udp_socket(host: str, port: int, rcvbuf: int, *, reuseport: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to ``(host, port)`` asking for ``rcvbuf`` bytes of receive
+    buffer; ``reuseport`` sets SO_REUSEPORT first (the ingest workers' sockets share one port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.bind((address.host, address.port))
+        sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
         sock.close()
         raise
+    return sock
+
+
+def open_udp_socket(address: Address, rcvbuf: int, *, reuseport: bool = False) -> tuple[socket.socket, int]:
+    """:func:`bind_udp_socket` on ``address``; return it and the SO_RCVBUF the kernel granted
+    (logging a warning that names the sysctl when that is less than asked for)."""
+    sock = bind_udp_socket(address.host, address.port, rcvbuf, reuseport=reuseport)
     # Linux reports twice the usable size it reserved (the bookkeeping overhead).
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
     if granted < rcvbuf:
@@ -53,12 +59,9 @@ def open_udp_socket(address: Address, rcvbuf: int, *,
     return sock, granted
 
 
-def kernel_drops(sock: socket.socket, proc_net: Path = Path("/proc/net")) -> int | None:
-    """The kernel's drop counter for this socket from ``/proc/net/udp[6]``; None if unknown."""
-    try:
-        inode = str(os.fstat(sock.fileno()).st_ino)
-    except OSError:
-        return None
+def proc_udp_rows(proc_net: Path = Path("/proc/net")) -> Iterator[list[str]]:
+    """The rows of ``/proc/net/udp`` and ``udp6``, split into fields (the local address is field 1,
+    the inode field 9, the drop count field 12); a table that cannot be read is skipped."""
     for name in ("udp", "udp6"):
         try:
             lines = (proc_net / name).read_text().splitlines()[1:]
@@ -66,8 +69,19 @@ def kernel_drops(sock: socket.socket, proc_net: Path = Path("/proc/net")) -> int
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) >= 13 and fields[9] == inode:
-                return int(fields[12])
+            if len(fields) >= 13:
+                yield fields
+
+
+def kernel_drops(sock: socket.socket, proc_net: Path = Path("/proc/net")) -> int | None:
+    """The kernel's drop counter for this socket from ``/proc/net/udp[6]``; None if unknown."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return None
+    for fields in proc_udp_rows(proc_net):
+        if fields[9] == inode:
+            return int(fields[12])
     return None
 
 

@@ -18,7 +18,9 @@ worker to ship, so an interval holds what arrived before its end.
 Loss accounting: a worker writes what it has received into shared memory before it processes it.
 When a worker dies (killed, crashed, or stopped answering within ``ship_timeout`` and killed), the
 datagrams and lines it received but had not shipped are added to
-``statsyard_ingest_worker_lost_datagrams_total`` / ``..._lines_total``. Nothing else is at risk.
+``statsyard_ingest_worker_lost_datagrams_total`` / ``..._lines_total``. Nothing else is at risk,
+but for one datagram per SIGKILL at most: the one a ``recv`` was returning as the kill landed
+(dequeued by the kernel, with no user code run after it, so no program can count it).
 
 At shutdown each worker is asked to read what is queued on its socket, ship everything and exit;
 the app then drains the sockets once more itself before the final flush.
@@ -44,7 +46,7 @@ from ._config import Address, AgentConfig, IngestConfig
 from ._exceptions import StatsyardError
 from ._receiver import FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
 from ._state import AgentState
-from ._udp import open_udp_socket
+from ._udp import bind_udp_socket, open_udp_socket, proc_udp_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,7 @@ def open_ingest_sockets(address: Address, rcvbuf: int, workers: int) -> tuple[li
     try:
         port = first.getsockname()[1]
         for _ in range(workers - 1):
-            sock = socket.socket(first.family, socket.SOCK_DGRAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((address.host, port))
-            sock.setblocking(False)
+            socks.append(bind_udp_socket(address.host, port, rcvbuf, reuseport=True))
         others = _other_sockets_on_port(port, socks)
         if others:
             raise OSError(
@@ -99,17 +96,10 @@ def _other_sockets_on_port(
     elsewhere, share nothing with us and are not counted.)"""
     inodes = {str(os.fstat(sock.fileno()).st_ino) for sock in ours}
     entries: list[tuple[str, str]] = []  # (local address hex, inode) of every socket on the port
-    for name in ("udp", "udp6"):
-        try:
-            lines = (proc_net / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 10:
-                address, _, port_hex = fields[1].rpartition(":")
-                if int(port_hex, 16) == port:
-                    entries.append((address, fields[9]))
+    for fields in proc_udp_rows(proc_net):
+        address, _, port_hex = fields[1].rpartition(":")
+        if int(port_hex, 16) == port:
+            entries.append((address, fields[9]))
     our_addresses = {address for address, inode in entries if inode in inodes}
 
     def overlaps(address: str) -> bool:

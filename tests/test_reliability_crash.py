@@ -229,15 +229,13 @@ def test_each_task_crashing(mode: str, tmp_path: Path, started: list[AgentProces
             assert "stopped cleanly" in out.log, where
             assert out.backoffs == [0.1 * 2**i for i in range(crashes)], where
         if out.task.startswith("ingest_worker"):
-            # Exact accounting: what is on disk plus what the agent counted as lost. Known gap
-            # (issue 4, open): when the supervisor gives up on a crash-looping worker, datagrams
-            # still queued in that worker's socket are neither read nor counted, so in the
-            # escalating case only "nothing invented or double-counted" holds.
+            # Accounting: what is on disk plus what the agent counted as lost is what was sent,
+            # but for at most one datagram per kill (1 line each here): a SIGKILL that lands as
+            # a recv() call returns ends the process after the kernel dequeued the datagram and
+            # before any user code runs, so no program can count that one (the worker publishes
+            # each datagram right after reading it, which shrinks the window to exactly that).
             accounted = sum(out.stored.values()) + out.lost_lines
-            if escalates:
-                assert accounted <= sum(out.sent.values()), where
-            else:
-                assert accounted == sum(out.sent.values()), where
+            assert sum(out.sent.values()) - crashes <= accounted <= sum(out.sent.values()), where
             assert set(out.stored) <= set(out.sent), where
         else:
             assert out.stored == {name: float(n) for name, n in out.sent.items()}, where
