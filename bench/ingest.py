@@ -895,8 +895,7 @@ def series_workload(directory: Path, name: str, lines: list[bytes], per: int) ->
     return Workload(path, per, len(increments), increments)
 
 
-def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -> dict[str, Any]:
-    """100k series, 1M timer samples per 10 s interval; what is lost while flushes run."""
+def _flush_workload(scratch: Path) -> Workload:
     rng = random.Random(7)
     lines = []
     for i in range(1_000_000):  # each counter once and each timer ~20x per pass
@@ -904,27 +903,46 @@ def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -
             lines.append(b"bench.flush.requests.c%d:1|c" % (i // 20))
         else:
             lines.append(b"bench.flush.latency.t%d:%d|ms" % (rng.randrange(50_000), rng.randrange(1000)))
-    workload = series_workload(scratch, "flush.bin", lines, 20)
+    return series_workload(scratch, "flush.bin", lines, 20)
+
+
+def _histogram_delta(after: dict[str, float], before: dict[str, float], name: str) -> tuple[float, float]:
+    """(observations, mean seconds) of a histogram between two scrapes."""
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return count, total / count if count else 0.0
+
+
+def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -> dict[str, Any]:
+    """100k series, 1M timer samples per 10 s interval: what is lost while flushes run.
+
+    Two phases, so the one-off cost of a new series (registering its ~15 stored series in the
+    index) is told apart from the steady state: a warm-up of two intervals in which every series
+    appears for the first time, then ``seconds`` of the same traffic with every series known.
+    """
+    workload = _flush_workload(scratch)
     interval = 10
     rate = 1_000_000 / interval  # one pass per interval: 50k counters, 50k timers, 950k samples
     system = StatsYard(workers, interval, scratch, ("--max-series", "200000"))
     wait_quiet()
     with system.running() as agent:
-        drops0 = agent.metrics().get("statsyard_udp_kernel_drops_total", 0)
+        at_start = agent.metrics()
         backlog0, foreign = backlog_drops(), Foreign()
+        warm = send(sender, workload, agent.udp_port, rate, 2 * interval)
+        agent.wait_accounted(warm.datagrams)
+        deadline = time.monotonic() + 120  # the first writes register ~800k stored series
+        while time.monotonic() < deadline:
+            current = agent.metrics()
+            if (
+                current.get("statsyard_flushes_total", 0) >= at_start.get("statsyard_flushes_total", 0) + 3
+                and current.get("statsyard_writer_queue_batches", 1) == 0
+            ):
+                break
+            time.sleep(0.5)
+        warmed = agent.metrics()
         sent = send(sender, workload, agent.udp_port, rate, seconds)
         metrics = agent.wait_accounted(sent.datagrams)
         others = foreign.cores(set(agent.pids))
-        flushes = metrics.get("statsyard_flushes_total", 0)
-        flush_s = metrics.get("statsyard_flush_duration_seconds_sum", 0) / max(
-            1, metrics.get("statsyard_flush_duration_seconds_count", 1)
-        )
-        write_s = metrics.get("statsyard_write_duration_seconds_sum", 0) / max(
-            1, metrics.get("statsyard_write_duration_seconds_count", 1)
-        )
-        series = metrics.get("statsyard_series_active", 0)
-        drops = metrics.get("statsyard_udp_kernel_drops_total", 0) - drops0
-        backlog = backlog_drops() - backlog0
         agent.stop()
         sys.path.insert(0, str(ROOT))
         import numpy as np
@@ -935,37 +953,125 @@ def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -
         now = int(time.time())
         found = reader.query(
             "stats.counters.bench.flush.requests.*.count",
-            now - 600,
+            now - 900,
             now + 60,
             max_series=100_000,
             max_total_points=50_000_000,
         )
         counted = float(sum(float(np.nansum(s.values)) for s in found))
         reader.close()
+
+    def drops(after: dict[str, float], before: dict[str, float]) -> float:
+        key = "statsyard_udp_kernel_drops_total"
+        return after.get(key, 0) - before.get(key, 0)
+
+    warm_flushes, warm_flush_s = _histogram_delta(warmed, at_start, "statsyard_flush_duration_seconds")
+    _, warm_write_s = _histogram_delta(warmed, at_start, "statsyard_write_duration_seconds")
+    flushes, flush_s = _histogram_delta(metrics, warmed, "statsyard_flush_duration_seconds")
+    writes, write_s = _histogram_delta(metrics, warmed, "statsyard_write_duration_seconds")
     result = {
         "workers": workers,
         "seconds": sent.seconds,
         "lines_per_s": sent.offered_lines_per_s,
+        "series_active": metrics.get("statsyard_series_active", 0),
+        "warmup_kernel_drops": drops(warmed, at_start),
+        "warmup_flushes": warm_flushes,
+        "warmup_mean_flush_s": warm_flush_s,
+        "warmup_mean_write_s": warm_write_s,
+        "kernel_drops": drops(metrics, warmed),
         "flushes_during_send": flushes,
-        "series_active": series,
-        "kernel_drops": drops,
-        "backlog_drops": backlog,
-        "counter_loss": 1 - counted / sent.increments,
         "mean_flush_s": flush_s,
+        "writes_during_send": writes,
         "mean_write_s": write_s,
+        "backlog_drops": backlog_drops() - backlog0,
+        "counter_loss": 1 - counted / (warm.increments + sent.increments),
         "foreign_cores": others,
     }
     log(
-        f"  workers={workers}: {result['lines_per_s'] / 1e3:.0f}k lines/s for {sent.seconds:.0f} s, "
-        f"{flushes:.0f} flushes of {series:.0f} series (mean {flush_s * 1e3:.0f} ms, write "
-        f"{write_s * 1e3:.0f} ms): kernel drops {drops:.0f}, backlog drops {backlog}, counter loss "
+        f"  workers={workers}: {result['lines_per_s'] / 1e3:.0f}k lines/s, {result['series_active']:.0f} "
+        f"series; warm-up (new series): {warm_flushes:.0f} flushes, mean {warm_flush_s * 1e3:.0f} ms, "
+        f"write {warm_write_s * 1e3:.0f} ms, kernel drops {result['warmup_kernel_drops']:.0f}; "
+        f"steady {sent.seconds:.0f} s: {flushes:.0f} flushes, mean {flush_s * 1e3:.0f} ms, write "
+        f"{write_s * 1e3:.0f} ms, kernel drops {result['kernel_drops']:.0f}; counter loss "
         f"{result['counter_loss'] * 100:.3f} % (others used {others:.2f} cores)"
     )
     return result
 
 
-def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
-    """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL."""
+def memory_split() -> dict[str, float]:
+    """In this process: bytes per series of the receive path (parser caches, pre-aggregator
+    slots) and of everything after it (aggregator with the series idle within the TTL, storage
+    head and index) for the 100k series of :func:`run_memory`, over one flush with data and three
+    idle ones; then the storage alone per *stored* series (a counter is stored as 2 series, a gauge
+    as 1, a timer as ~14), from a synthetic batch into a second data directory."""
+    import gc
+
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from statsyard_agent._aggregate import Aggregator
+    from statsyard_agent._config import build_config
+    from statsyard_agent._ingest import PreAggregator, SimpleCounts
+    from statsyard_agent._protocol import Parser
+    from statsyard_agent._tags import BatchTagger
+    from statsyard_agent._types import FlushBatch, Rollup
+    from statsyard_agent.storage import TSDB
+
+    def resident() -> int:
+        gc.collect()
+        return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE
+
+    lines = _memory_lines()
+    datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
+    config = build_config({})
+    stamp = int(time.time()) // 10 * 10
+    with tempfile.TemporaryDirectory(prefix="statsyard-memory-") as tmp:
+        tsdb = TSDB.open(Path(tmp) / "real", config.storage)
+        tagger = BatchTagger(())
+        base = resident()
+        aggregator = Aggregator(config.aggregator)
+        preagg = PreAggregator(Parser(config.parser), SimpleCounts(), 200_000)
+        for datagram in datagrams:
+            preagg.feed(datagram)
+        received = resident()
+        stored_series = 0
+        for k in range(4):  # one flush with the data, three idle ones
+            aggregator.merge(preagg.take())
+            batch = tagger.build(aggregator.take_snapshot(stamp + 10 * k, 10.0))
+            stored_series = max(stored_series, len(batch.names))
+            tsdb.write(batch)
+            del batch
+        flushed = resident()
+
+        synthetic = TSDB.open(Path(tmp) / "synthetic", config.storage)
+        names = tuple(f"bench.synthetic.s{i}.mean" for i in range(stored_series))
+        before = resident()
+        for k in range(4):
+            synthetic.write(
+                FlushBatch(
+                    timestamp=stamp + 10 * k,
+                    interval=10.0,
+                    names=names,
+                    tags=((),) * len(names),
+                    rollups=(Rollup.AVERAGE,) * len(names),
+                    values=np.full(len(names), float(k)),
+                )
+            )
+        after = resident()
+        synthetic.close()
+        tsdb.close()
+    series = len(lines)
+    return {
+        "series": series,
+        "stored_series": stored_series,
+        "receive_bytes_per_series": (received - base) / series,
+        "after_receive_bytes_per_series": (flushed - received) / series,
+        "storage_bytes_per_stored_series": (after - before) / stored_series,
+    }
+
+
+def _memory_lines() -> list[bytes]:
+    """100k series: half counters (tagged), a quarter gauges, a quarter timers."""
     lines = []
     for i in range(100_000):
         kind = i % 4
@@ -975,6 +1081,12 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
             lines.append(b"bench.mem.queue.g%d:%d|g" % (i, i))
         else:
             lines.append(b"bench.mem.latency.t%d:%d|ms" % (i, i % 1000))
+    return lines
+
+
+def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
+    """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL."""
+    lines = _memory_lines()
     workload = series_workload(scratch, "memory.bin", lines, 20)
     system = StatsYard(workers, 2, scratch)
     wait_quiet()
@@ -1015,6 +1127,7 @@ class Report:
     trials: list[dict[str, Any]] = field(default_factory=list)
     flush: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
+    memory_split: dict[str, Any] = field(default_factory=dict)
 
 
 def machine() -> dict[str, Any]:
@@ -1078,18 +1191,32 @@ def print_table(report: Report) -> None:
     if report.flush:
         print("\nFlush never stalls ingest (100k series, ~1M timer samples per 10 s interval):")
         for row in report.flush:
+            warm_flush, warm_write = row["warmup_mean_flush_s"] * 1e3, row["warmup_mean_write_s"] * 1e3
             print(
-                f"  workers={row['workers']}: {row['flushes_during_send']:.0f} flushes of "
-                f"{row['series_active']:.0f} series at {row['lines_per_s']:,.0f} lines/s: kernel drops "
-                f"{row['kernel_drops']:.0f}, counter loss {row['counter_loss'] * 100:.3f} %, mean flush "
-                f"{row['mean_flush_s'] * 1e3:.0f} ms, mean write {row['mean_write_s'] * 1e3:.0f} ms"
+                f"  workers={row['workers']}, {row['lines_per_s']:,.0f} lines/s, "
+                f"{row['series_active']:.0f} series:\n"
+                f"    warm-up, every series new: {row['warmup_flushes']:.0f} flushes, mean flush "
+                f"{warm_flush:.0f} ms, mean write {warm_write:.0f} ms, "
+                f"kernel drops {row['warmup_kernel_drops']:.0f}\n"
+                f"    steady {row['seconds']:.0f} s: {row['flushes_during_send']:.0f} flushes, mean flush "
+                f"{row['mean_flush_s'] * 1e3:.0f} ms, mean write {row['mean_write_s'] * 1e3:.0f} ms, kernel "
+                f"drops {row['kernel_drops']:.0f}\n"
+                f"    counter loss over both: {row['counter_loss'] * 100:.3f} %"
             )
     if report.memory:
-        print("\nRSS per idle active series (100k series):")
+        print("\nRSS per idle active series (100k series: 50k counters, 25k gauges, 25k timers):")
         for row in report.memory:
             print(
                 f"  workers={row['workers']}: agent process {row['main_bytes_per_series']:.0f} B/series, "
                 f"all processes {row['all_bytes_per_series']:.0f} B/series"
+            )
+        split = report.memory_split
+        if split:
+            print(
+                f"  split (one process): receive path {split['receive_bytes_per_series']:.0f} B/series; "
+                f"aggregator + storage {split['after_receive_bytes_per_series']:.0f} B/series "
+                f"({split['stored_series']:,} stored series); storage alone "
+                f"{split['storage_bytes_per_stored_series']:.0f} B per stored series"
             )
 
 
@@ -1097,6 +1224,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--receiver":
         mode, engine, port, processes = sys.argv[2:6]
         loops_receiver(mode, engine, int(port), int(processes))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-split":
+        print(json.dumps(memory_split()))
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1153,11 +1283,17 @@ def main() -> None:
         if "flush" in parts:
             log(f"flush never stalls ingest ({loadavg()})")
             for workers in (2, 0):
-                report.flush.append(run_flush_check(sender, scratch, max(args.seconds, 25.0), workers))
+                report.flush.append(run_flush_check(sender, scratch, max(args.seconds, 30.0), workers))
         if "memory" in parts:
             log(f"memory per idle series ({loadavg()})")
             for workers in (2, 0):
                 report.memory.append(run_memory(sender, scratch, workers))
+            wait_quiet()
+            split = subprocess.run(
+                [sys.executable, __file__, "--memory-split"], capture_output=True, text=True, check=True
+            )
+            report.memory_split = json.loads(split.stdout)
+            log(f"  split: {report.memory_split}")
     report.machine["loadavg_at_end"] = os.getloadavg()
     print_table(report)
     if args.json:

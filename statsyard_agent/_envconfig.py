@@ -3,7 +3,8 @@
 Containers are configured through their environment, so every config key can be set as
 ``STATSYARD_<KEY>`` (``STATSYARD_FLUSH_INTERVAL=5``), a key of a section as
 ``STATSYARD_<SECTION>_<KEY>`` (``STATSYARD_STORAGE_RETENTION=10s:7d``), and the config file
-itself as ``STATSYARD_CONFIG``. Lists are comma-separated (``STATSYARD_TAGS=env:prod,team:core``),
+itself as ``STATSYARD_CONFIG``. Lists are comma-separated (``STATSYARD_TAGS=env:prod,team:core``,
+``STATSYARD_PROMETHEUS_QUANTILES=0.5,0.9,0.99``),
 tables ``tag=VARIABLE`` pairs (``STATSYARD_ENV_TAGS_LOW=kube_node=NODE_NAME``), booleans
 ``true/false/1/0/yes/no/on/off``. Precedence: flags > environment > config file > defaults.
 
@@ -54,6 +55,8 @@ _KINDS: dict[str, str] = {
     "storage.fsync": "bool",
     "storage.xfiles_factor": "number",
     "storage.schemas": "unsupported",
+    "prometheus.quantiles": "numbers",
+    "prometheus.buckets": "numbers",
     "supervisor.max_restarts": "int",
     "supervisor.max_seconds": "number",
     "limits.max_line_bytes": "int",
@@ -134,6 +137,11 @@ def _convert(variable: str, key: str, text: str) -> Any:
     if kind == "unsupported":
         raise ConfigError(variable, f"{key} cannot be set from the environment; use the config file")
     stripped = text.strip()
+    if kind == "numbers":  # "0.5,0.9,0.99"
+        try:
+            return [float(item) for item in stripped.split(",")] if stripped else []
+        except ValueError:
+            raise ConfigError(variable, f"expected comma-separated numbers, got {text!r}") from None
     if kind == "bool":
         if stripped.lower() in _TRUE:
             return True

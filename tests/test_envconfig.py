@@ -46,6 +46,10 @@ def test_every_config_key_has_exactly_one_variable() -> None:
         ),
         ({"STATSYARD_TAG_CARDINALITY": "high"}, lambda c: c.tagging.cardinality == "high"),
         (
+            {"STATSYARD_PROMETHEUS_QUANTILES": "0.5, 0.99", "STATSYARD_PROMETHEUS_BUCKETS": "0.1,1,10"},
+            lambda c: (c.prometheus.quantiles, c.prometheus.buckets) == ((0.5, 0.99), (0.1, 1.0, 10.0)),
+        ),
+        (
             {"STATSYARD_ENV_TAGS_LOW": "ns=POD_NAMESPACE,node=NODE_NAME"},
             lambda c: (
                 [e for e in c.tagging.env if e[2] == "low"]
@@ -83,6 +87,8 @@ def test_variables_set_their_keys(environ: dict[str, str], check: Any) -> None:
         ({"STATSYARD_STORAGE_SCHEMAS": "x"}, "STATSYARD_STORAGE_SCHEMAS", "config file"),
         ({"STATSYARD_TAGS": "env:prod,bad tag"}, "STATSYARD_TAGS", "bad tag"),
         ({"STATSYARD_TAG_CARDINALITY": "medium"}, "STATSYARD_TAG_CARDINALITY", "low"),
+        ({"STATSYARD_PROMETHEUS_QUANTILES": "0.5,high"}, "STATSYARD_PROMETHEUS_QUANTILES", "numbers"),
+        ({"STATSYARD_PROMETHEUS_QUANTILES": "0.5,1.5"}, "STATSYARD_PROMETHEUS_QUANTILES", "1"),
         ({"STATSYARD_ENV_TAGS_LOW": "pod"}, "STATSYARD_ENV_TAGS_LOW", "tag=VARIABLE"),
         ({"STATSYARD_UNIX_MODE": "999"}, "STATSYARD_UNIX_MODE", "octal"),
         ({"STATSYARD_UNIX": "/" + "x" * 120}, "STATSYARD_UNIX", "107 bytes"),
