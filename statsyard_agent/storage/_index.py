@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import KeysView, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,20 +68,16 @@ def _decode_str(raw: bytes) -> str:
 
 def sibling_count_name(name: str) -> str | None:
     """The count series weighting a MEAN series: ``a.mean`` -> ``a.count``, else None."""
+    head, dot, last = name.rpartition(".")
+    # Fast paths for the usual last nodes (what the regex gives for them; it scans the name).
+    if last == "mean":
+        return f"{head}{dot}count"
+    if last.startswith("mean_") and "\n" not in last:
+        return f"{head}{dot}count{last[4:]}"
     match = _MEAN_NODE.search(name)
     if match is None:
         return None
     return f"{name[: match.start()]}count{match.group(1) or ''}"
-
-
-@dataclass(frozen=True, slots=True)
-class NewSeries:
-    """A series to register: ``kind`` is a Rollup value or :data:`SKETCH_KIND`."""
-
-    name: str
-    tags: Tags
-    kind: int
-    gid: int
 
 
 def encode_group(gid: int, tiers: Sequence[Tier]) -> bytes:
@@ -91,34 +86,76 @@ def encode_group(gid: int, tiers: Sequence[Tier]) -> bytes:
     return b"".join(parts)
 
 
-def encode_series(first_id: int, series: Sequence[NewSeries]) -> bytes:
-    """One SERIES record: header, then columns (kinds u8, gids u32, tag counts u32, string
-    lengths u32) and every string (name, then key/value of each tag) concatenated."""
-    strings: list[bytes] = []
-    tag_counts = []
-    for s in series:
-        strings.append(_encode_str(s.name))
-        tag_counts.append(len(s.tags))
-        for key, value in s.tags:
-            strings.append(_encode_str(key))
-            strings.append(_encode_str(value))
-    head = _SERIES_HEAD.pack(_SERIES, first_id, len(series), len(strings))
+def encode_series(
+    first_id: int,
+    names: Sequence[str],
+    tags: Sequence[Tags],
+    kinds: Sequence[int] | npt.NDArray[Any],
+    gids: Sequence[int] | npt.NDArray[Any],
+) -> bytes:
+    """One SERIES record for the series ``first_id, first_id + 1, ...`` given as columns
+    (``kinds[i]`` a Rollup value or :data:`SKETCH_KIND`): header, then columns (kinds u8, gids
+    u32, tag counts u32, string lengths u32) and every string (name, then key/value of each
+    tag) concatenated."""
+    count = len(names)
+    if not (len(tags) == len(kinds) == len(gids) == count):
+        raise ValueError("encode_series: columns differ in length")
+    if any(tags):
+        strings: list[str] = []
+        for name, tag in zip(names, tags, strict=True):
+            strings.append(name)
+            for key, value in tag:
+                strings.append(key)
+                strings.append(value)
+        tag_counts = np.fromiter(map(len, tags), dtype="<u4", count=count)
+    else:  # the common case: no tags at all, one string per series
+        strings = list(names)
+        tag_counts = np.zeros(count, dtype="<u4")
+    text = "".join(strings)
+    if text.isascii():
+        # One encode for the lot; in ASCII a string's length is its length in bytes.
+        blob = text.encode("ascii")
+        lengths = np.fromiter(map(len, strings), dtype="<u4", count=len(strings))
+    else:
+        encoded = [_encode_str(string) for string in strings]
+        blob = b"".join(encoded)
+        lengths = np.fromiter(map(len, encoded), dtype="<u4", count=len(encoded))
+    del text
+    head = _SERIES_HEAD.pack(_SERIES, first_id, count, len(strings))
     return b"".join(
         [
             head,
-            np.array([s.kind for s in series], dtype="<u1").tobytes(),
-            np.array([s.gid for s in series], dtype="<u4").tobytes(),
-            np.array(tag_counts, dtype="<u4").tobytes(),
-            np.array([len(b) for b in strings], dtype="<u4").tobytes(),
-            *strings,
+            np.asarray(kinds, dtype="<u1").tobytes(),
+            np.asarray(gids, dtype="<u4").tobytes(),
+            tag_counts.tobytes(),
+            lengths.tobytes(),
+            blob,
         ]
     )
 
 
-def _grown(array: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
-    out = np.full(size, fill, dtype=array.dtype)
-    out[: len(array)] = array
-    return out
+def _decode_strings(blob: bytes, starts: list[int], ends: list[int]) -> list[str]:
+    """The strings at ``blob[starts[i]:ends[i]]`` (UTF-8, surrogatepass)."""
+    if blob.isascii():
+        # One decode, then str slices: in ASCII, byte offsets are character offsets.
+        text = blob.decode("ascii")
+        return [text[a:b] for a, b in zip(starts, ends, strict=True)]
+    return [_decode_str(blob[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+def _add_keys(ids: dict[tuple[str, Tags], int], keys: list[tuple[str, Tags]], sids: Sequence[int]) -> None:
+    """``ids.setdefault(key, sid)`` for each pair in order (the first definition wins), in bulk."""
+    if ids.keys().isdisjoint(keys):
+        before = len(ids)
+        ids.update(zip(keys, sids, strict=True))
+        if len(ids) - before != len(keys):
+            # Duplicates within the batch: update() kept the last; put the first back (an
+            # existing key keeps its place in the dict's order).
+            for key, sid in zip(reversed(keys), reversed(sids), strict=True):
+                ids[key] = sid
+        return
+    for key, sid in zip(keys, sids, strict=True):
+        ids.setdefault(key, sid)
 
 
 class SeriesIndex:
@@ -222,57 +259,109 @@ class SeriesIndex:
         ends = np.cumsum(lengths, dtype=np.int64) + pos
         if nstrings and int(ends[-1]) != len(payload):
             raise CorruptDataError("series record: string lengths do not match the payload")
-        if ((kinds > max(Rollup)) & (kinds != LOST_KIND)).any() or any(
-            int(g) not in self.groups for g in set(gids)
-        ):
+        # Usually one group: skip np.unique.
+        one = count and int(gids.min()) == int(gids.max())
+        used = [int(gids[0])] if one else np.unique(gids).tolist()
+        if ((kinds > max(Rollup)) & (kinds != LOST_KIND)).any() or any(g not in self.groups for g in used):
             raise CorruptDataError("series record: unknown kind or group")
-        raw = bytes(payload)
-        starts = (ends - lengths).tolist()
-        strings = [_decode_str(raw[a:b]) for a, b in zip(starts, ends.tolist(), strict=True)]
-        pos = 0
-        new_names = []
-        new_tags = []
-        for n in tag_counts.tolist():
-            new_names.append(strings[pos])
-            flat = strings[pos + 1 : pos + 1 + 2 * n]
-            new_tags.append(tuple(zip(flat[0::2], flat[1::2], strict=True)))
-            pos += 1 + 2 * n
-        self._extend(new_names, new_tags, kinds.tolist(), gids.tolist())
+        blob = bytes(payload[pos:])
+        starts = (ends - lengths - pos).tolist()
+        strings = _decode_strings(blob, starts, (ends - pos).tolist())
+        if nstrings == count:  # no tags anywhere: one string per series
+            new_names = strings
+            new_tags: list[Tags] = [()] * count
+        else:
+            new_names = []
+            new_tags = []
+            pos = 0
+            for n in tag_counts.tolist():
+                new_names.append(strings[pos])
+                if n:
+                    flat = strings[pos + 1 : pos + 1 + 2 * n]
+                    new_tags.append(tuple(zip(flat[0::2], flat[1::2], strict=True)))
+                else:
+                    new_tags.append(())
+                pos += 1 + 2 * n
+        self.add_series(new_names, new_tags, kinds, gids)
 
-    def _extend(self, names: list[str], tags: list[Tags], kinds: list[int], gids: list[int]) -> None:
+    def add_series(
+        self,
+        names: list[str],
+        tags: list[Tags],
+        kinds: npt.NDArray[Any],
+        gids: npt.NDArray[Any] | list[int],
+        *,
+        fresh: dict[tuple[str, Tags], int] | None = None,
+    ) -> None:
+        """Append series ``len(self), len(self) + 1, ...`` (the columns of one SERIES record).
+
+        Used by :meth:`apply` and by the writer right after it made the same record durable
+        (so that it does not decode what it just encoded). The first definition of a
+        ``(name, tags)`` wins; ids of :data:`LOST_KIND` are burnt, never listed. ``fresh``:
+        the writer's ``(name, tags) -> id`` of these series when they are all distinct point
+        series the index does not hold yet (saves building it again).
+        """
         first = len(self.names)
-        total = first + len(names)
-        if len(self._kinds) < total:
-            size = max(total, 2 * len(self._kinds))
-            self._kinds = _grown(self._kinds, size, 0)
-            self._gids = _grown(self._gids, size, 0)
-            self._sibling = _grown(self._sibling, size, -1)
+        count = len(names)
+        total = first + count
+        self._reserve(total)
+        kinds = np.asarray(kinds, dtype=np.uint8)
         self._kinds[first:total] = kinds
         self._gids[first:total] = gids
+        self._sibling[first:total] = -1
         self.names.extend(names)
         self.tags.extend(tags)
-        for offset, (name, tag, kind) in enumerate(zip(names, tags, kinds, strict=True)):
-            sid = first + offset
-            key = (name, tag)
-            if kind == LOST_KIND:
+        point_ids = self.point_ids
+        point = (kinds != LOST_KIND) & (kinds != SKETCH_KIND)
+        keys: list[tuple[str, Tags]] | KeysView[tuple[str, Tags]]
+        if fresh is not None:
+            point_ids.update(fresh)  # a copy of the table when point_ids is empty
+            keys = fresh.keys()
+        elif point.all():
+            keys = list(zip(names, tags, strict=True))
+            _add_keys(point_ids, keys, range(first, total))
+        else:
+            where = np.flatnonzero(point).tolist()
+            keys = [(names[i], tags[i]) for i in where]
+            sids = [first + i for i in where]
+            sketch = np.flatnonzero(kinds == SKETCH_KIND).tolist()
+            if sketch:
+                _add_keys(self.sketch_ids, [(names[i], tags[i]) for i in sketch], [first + i for i in sketch])
+            _add_keys(point_ids, keys, sids)
+        pending = self._pending_mean
+        if pending:
+            # MEAN series registered before their count sibling: resolve those now defined.
+            if len(pending) <= len(keys):
+                found = [key for key in pending if key in point_ids]
+            else:
+                found = list(dict.fromkeys(key for key in keys if key in pending))
+            for key in found:
+                self._sibling[pending.pop(key)] = point_ids[key]
+        for i in np.flatnonzero(kinds == Rollup.MEAN).tolist():
+            count_name = sibling_count_name(names[i])
+            if count_name is None:
                 continue
-            if kind == SKETCH_KIND:
-                self.sketch_ids.setdefault(key, sid)
-                continue
-            self.point_ids.setdefault(key, sid)
-            waiting = self._pending_mean.pop(key, None)
-            if waiting is not None:
-                self._sibling[waiting] = sid
-            if kind == Rollup.MEAN:
-                count_name = sibling_count_name(name)
-                if count_name is None:
-                    continue
-                other = self.point_ids.get((count_name, tag))
-                if other is not None:
-                    self._sibling[sid] = other
-                else:
-                    self._pending_mean.setdefault((count_name, tag), []).append(sid)
+            count_key = (count_name, tags[i])
+            other = point_ids.get(count_key)
+            if other is not None:
+                self._sibling[first + i] = other
+            else:
+                pending.setdefault(count_key, []).append(first + i)
         self.version += 1
+
+    def _reserve(self, size: int) -> None:
+        """Room for ``size`` series in the per-id arrays, growing them geometrically."""
+        capacity = len(self._kinds)
+        if size <= capacity:
+            return
+        size = max(size, 2 * capacity)
+        used = len(self.names)
+        # np.empty: pages beyond the used prefix are only touched when series arrive.
+        for attr in ("_kinds", "_gids", "_sibling"):
+            old = getattr(self, attr)
+            new = np.empty(size, dtype=old.dtype)
+            new[:used] = old[:used]
+            setattr(self, attr, new)
 
     # -- the file ----------------------------------------------------------------------------
 

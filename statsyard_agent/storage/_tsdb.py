@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError, StorageError
-from statsyard_agent._types import FlushBatch, SketchPoint, Tags
+from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
 
 from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
 from ._head import HeadSet
-from ._index import NewSeries, SeriesIndex
+from ._index import SeriesIndex
 from ._maintain import DiskUsage, Maintenance
 from ._retention import Tier
 from ._wal import AppendFile, FlushRecord
@@ -183,12 +184,13 @@ class TSDB:
         if gid is None:
             gid = 0
             payloads.append(_index.encode_group(gid, self._resolver.tiers_for("")))
-        lost = [NewSeries("", (), _index.LOST_KIND, gid)] * (top + 1 - len(index))
-        payloads.append(_index.encode_series(len(index), lost))
+        lost = top + 1 - len(index)
+        kinds = np.full(lost, _index.LOST_KIND, dtype=np.uint8)
+        payloads.append(_index.encode_series(len(index), [""] * lost, [()] * lost, kinds, [gid] * lost))
         log.warning(
             "%s: the WAL refers to %d series whose definition was lost; their points are ignored",
             index.path,
-            len(lost),
+            lost,
         )
         self._append_index(payloads)
 
@@ -348,18 +350,42 @@ class TSDB:
         cached = self._last_names
         if cached is not None and cached[0] == names and cached[1] == tags:
             return cached[2]
-        get = self._index.point_ids.get
-        ids = np.fromiter(
-            (get(key, -1) for key in zip(names, tags, strict=True)), dtype=np.int64, count=len(names)
-        )
-        missing = np.flatnonzero(ids < 0)
+        point_ids = self._index.point_ids
+        if point_ids:
+            get = point_ids.get
+            ids = np.fromiter(
+                (get(key, -1) for key in zip(names, tags, strict=True)), dtype=np.int64, count=len(names)
+            )
+            missing = np.flatnonzero(ids < 0)
+        else:  # a fresh index: everything is new
+            ids = np.full(len(names), -1, dtype=np.int64)
+            missing = np.arange(len(names))
         if len(missing):
-            wanted: dict[tuple[str, Tags], int] = {}
-            for i in missing.tolist():
-                wanted.setdefault((names[i], tags[i]), int(batch.rollups[i]))
-            self._register([(key, kind) for key, kind in wanted.items()])
-            point_ids = self._index.point_ids
-            ids[missing] = [point_ids[(names[i], tags[i])] for i in missing.tolist()]
+            if len(missing) == len(names):
+                new_names, new_tags = list(names), list(tags)
+                kinds = _rollup_kinds(batch.rollups)
+            else:
+                where = missing.tolist()
+                new_names = [names[i] for i in where]
+                new_tags = [tags[i] for i in where]
+                rollups = batch.rollups
+                kinds = _rollup_kinds([rollups[i] for i in where])
+            first = len(self._index)
+            # One pass builds the ids the new series get (in order of first appearance) and
+            # finds duplicates within the batch (the first one's rollup wins).
+            keys = zip(new_names, new_tags, strict=True)
+            fresh = dict(zip(keys, range(first, first + len(missing)), strict=True))
+            if len(fresh) == len(missing):
+                self._register(new_names, new_tags, kinds, fresh)
+                ids[missing] = np.arange(first, first + len(missing))
+            else:
+                keep = dict.fromkeys(zip(new_names, new_tags, strict=True), -1)
+                for i, key in enumerate(zip(new_names, new_tags, strict=True)):
+                    if keep[key] < 0:
+                        keep[key] = i
+                rows = list(keep.values())
+                self._register([new_names[i] for i in rows], [new_tags[i] for i in rows], kinds[rows])
+                ids[missing] = [point_ids[key] for key in zip(new_names, new_tags, strict=True)]
         self._last_names = (names, tags, ids)
         return ids
 
@@ -367,42 +393,76 @@ class TSDB:
         if not sketches:
             return np.zeros(0, dtype=np.int64)
         known = self._index.sketch_ids
-        missing = {(p.name, p.tags) for p in sketches if (p.name, p.tags) not in known}
+        keys = [(p.name, p.tags) for p in sketches]
+        missing = [key for key in keys if key not in known]
         if missing:
-            ordered = [((p.name, p.tags), _index.SKETCH_KIND) for p in sketches]
-            new = list(dict.fromkeys(k for k in ordered if k[0] in missing))
-            self._register(new)
-        known = self._index.sketch_ids
-        return np.array([known[(p.name, p.tags)] for p in sketches], dtype=np.int64)
+            new = list(dict.fromkeys(missing))
+            self._register(
+                [name for name, _ in new],
+                [tags for _, tags in new],
+                np.full(len(new), _index.SKETCH_KIND, dtype=np.uint8),
+            )
+            known = self._index.sketch_ids
+        return np.fromiter(map(known.__getitem__, keys), dtype=np.int64, count=len(keys))
 
-    def _register(self, keys: list[tuple[tuple[str, Tags], int]]) -> None:
-        """Append new series (and new retention groups) to the index, durably."""
+    def _register(
+        self,
+        names: list[str],
+        tags: list[Tags],
+        kinds: npt.NDArray[np.uint8],
+        fresh: dict[tuple[str, Tags], int] | None = None,
+    ) -> None:
+        """Append new series (and new retention groups) to the index, durably.
+
+        ``names``/``tags``/``kinds`` are columns of distinct series the index does not hold;
+        ``fresh``, when given, is their ``(name, tags) -> id`` mapping, already built.
+        """
         index = self._index
         payloads: list[bytes] = []
+        gids = self._group_ids(names, payloads)
+        first = len(index)
+        payloads.append(_index.encode_series(first, names, tags, kinds, gids))
+        self._append_index(payloads, applied=len(payloads) - 1)
+        index.add_series(names, tags, kinds, gids, fresh=fresh)
+
+    def _group_ids(self, names: list[str], payloads: list[bytes]) -> IntArray:
+        """The retention group of each new series; records for new groups go to ``payloads``."""
+        index = self._index
         new_groups: dict[tuple[Tier, ...], int] = {}
-        entries = []
-        next_gid = max(index.groups, default=-1) + 1
-        for (name, tags), kind in keys:
-            tiers = self._resolver.tiers_for(name)
+
+        def gid_for(tiers: tuple[Tier, ...]) -> int:
             gid = index.group_id(tiers)
             if gid is None:
                 gid = new_groups.get(tiers)
                 if gid is None:
-                    gid = new_groups[tiers] = next_gid
-                    next_gid += 1
+                    gid = new_groups[tiers] = max([*index.groups, *new_groups.values()], default=-1) + 1
                     payloads.append(_index.encode_group(gid, tiers))
-            entries.append(NewSeries(name, tags, kind, gid))
-        payloads.append(_index.encode_series(len(index), entries))
-        self._append_index(payloads)
+            return gid
 
-    def _append_index(self, payloads: list[bytes]) -> None:
+        tiers_for = self._resolver.tiers_for
+        if not self.config.schemas:  # every series gets the default tiers
+            return np.full(len(names), gid_for(tiers_for("")), dtype=np.int64)
+        every = [tiers_for(name) for name in names]
+        # tiers_for returns one of a few tuple objects: resolve each once, by identity.
+        by_object = {id(tiers): gid_for(tiers) for tiers in {id(t): t for t in every}.values()}
+        return np.fromiter((by_object[id(t)] for t in every), dtype=np.int64, count=len(every))
+
+    def _append_index(self, payloads: list[bytes], applied: int | None = None) -> None:
+        """Append ``payloads`` durably, then apply the first ``applied`` (all when None) to
+        the in-memory index (the caller applies the rest itself)."""
         index = self._index
-        data = b"".join(_records.frame(p) for p in payloads)
+        # _records.frame() for each payload, joined with one copy (a payload may be 50 MB).
+        parts: list[bytes] = []
+        for payload in payloads:
+            parts.append(_records.HEADER.pack(len(payload), zlib.crc32(payload)))
+            parts.append(payload)
+        data = b"".join(parts)
+        del parts
         try:
             self._index_file.append(data, fsync=self.config.fsync)
         except OSError as exc:
             raise _files.storage_error("append to the series index", self._index_file.path, exc) from exc
-        for payload in payloads:
+        for payload in payloads[:applied]:
             index.apply(payload)
 
     def _log(self, record: FlushRecord) -> None:
@@ -431,8 +491,8 @@ class TSDB:
         gids = self._index.gids
         ids = record.ids[record.ids < len(gids)]
         sketch_ids = record.sketch_ids[record.sketch_ids < len(gids)]
-        present = set(np.unique(gids[ids]).tolist())
-        present.update(np.unique(gids[sketch_ids]).tolist())
+        present = _distinct(gids[ids])
+        present.update(_distinct(gids[sketch_ids]))
         for gid in present:
             if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
                 segment.max_timestamp[gid] = record.timestamp
@@ -638,6 +698,27 @@ def _last_occurrence(ids: IntArray, size: int) -> npt.NDArray[np.bool_]:
     position[ids] = np.arange(n)  # later positions overwrite earlier ones
     keep: npt.NDArray[np.bool_] = position[ids] == np.arange(n)
     return keep
+
+
+def _rollup_kinds(rollups: Sequence[int]) -> npt.NDArray[np.uint8]:
+    """The index kind of each rollup (its value); ValueError for one that is not a Rollup."""
+    try:
+        kinds = np.fromiter(rollups, dtype=np.int64, count=len(rollups))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"FlushBatch.rollups holds a value that is not a Rollup: {exc}") from exc
+    if len(kinds) and (int(kinds.min()) < min(Rollup) or int(kinds.max()) > max(Rollup)):
+        raise ValueError("FlushBatch.rollups holds a value that is not a Rollup")
+    return kinds.astype(np.uint8)
+
+
+def _distinct(values: IntArray) -> set[int]:
+    """The distinct values (usually just one group: skip the sort/hash of np.unique)."""
+    if len(values) == 0:
+        return set()
+    low = int(values.min())
+    if low == int(values.max()):
+        return {low}
+    return set(np.unique(values).tolist())
 
 
 def _fingerprint(record: FlushRecord) -> tuple[int, int, int, int]:
