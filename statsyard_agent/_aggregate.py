@@ -213,8 +213,14 @@ class Partial:
 
     def __len__(self) -> int:
         """Entries held (series of every kind, events and service checks)."""
-        return (len(self.counters) + len(self.gauges) + len(self.samples) + len(self.sets)
-                + len(self.events) + len(self.service_checks))
+        return (
+            len(self.counters)
+            + len(self.gauges)
+            + len(self.samples)
+            + len(self.sets)
+            + len(self.events)
+            + len(self.service_checks)
+        )
 
 
 class Aggregator:
@@ -384,13 +390,17 @@ class Aggregator:
         """
         counters = self._counters
         data = counters.data
-        for key, total in partial.counters.items():
-            current = data.get(key)
-            if current is None:
-                if not self._admit(counters, key):
-                    continue
-                current = 0.0
-            data[key] = current + total
+        # 0.0 + total is total except for -0.0 (== 0.0), which the loop below turns into 0.0.
+        if data or 0.0 in partial.counters.values() or not self._admit_all(counters, partial.counters):
+            for key, total in partial.counters.items():
+                current = data.get(key)
+                if current is None:
+                    if not self._admit(counters, key):
+                        continue
+                    current = 0.0
+                data[key] = current + total
+        else:
+            data.update(partial.counters)
         gauges = self._gauges
         gauge_data = gauges.data
         for key, (absolute, value) in partial.gauges.items():
@@ -404,8 +414,9 @@ class Aggregator:
                     current = self._gauge_values.get(key, 0.0)
                 gauge_data[key] = current + value
         families = {_TIMER: self._timers, _HISTOGRAM: self._histograms, _DISTRIBUTION: self._distributions}
-        for (kind, key, rate), values in partial.samples.items():
-            self._merge_samples(families[kind], key, rate, values)
+        if not self._adopt_samples(families, partial.samples):
+            for (kind, key, rate), values in partial.samples.items():
+                self._merge_samples(families[kind], key, rate, values)
         sets = self._sets
         for key, members in partial.sets.items():
             held = sets.data.get(key)
@@ -425,6 +436,55 @@ class Aggregator:
                 self.rejected_series += 1
                 if len(refused) < self._max_series:
                     refused.add(marker)
+
+    def _admit_all(self, family: _Family[_K, _V], keys: Mapping[_K, object]) -> bool:
+        """``_admit`` of every key of ``keys`` at once if all of them fit under ``max_series``
+        (none is in ``family.data``); False, changing nothing, if some would be refused."""
+        new = _count_new(keys, family.seen)
+        if self._n_series + new > self._max_series:
+            return False
+        self._n_series += new
+        family.new += new
+        return True
+
+    def _adopt_samples(
+        self,
+        families: dict[MetricKind, _TimerFamily],
+        samples: Mapping[tuple[MetricKind, SeriesKey, float], array[float]],
+    ) -> bool:
+        """The common merge of a partial's samples, without a call per series: every timer-like
+        family is still empty this interval and every entry is non-empty at rate 1, so each
+        array becomes its series' samples as it is (what ``_merge_samples`` would do one by one).
+        False, changing nothing, when that does not hold or some new series would be refused.
+        """
+        if not samples or any(f.data or f.weighted for f in families.values()):
+            return False
+        timers: dict[SeriesKey, array[float]] = {}
+        histograms: dict[SeriesKey, array[float]] = {}
+        distributions: dict[SeriesKey, array[float]] = {}
+        for (kind, key, rate), values in samples.items():
+            if rate != 1.0 or not values:
+                return False
+            # Identity tests: hashing the enum member would call Enum.__hash__ per entry.
+            if kind is _TIMER:
+                timers[key] = values
+            elif kind is _HISTOGRAM:
+                histograms[key] = values
+            else:
+                distributions[key] = values
+        adopted = (
+            (families[_TIMER], timers),
+            (families[_HISTOGRAM], histograms),
+            (families[_DISTRIBUTION], distributions),
+        )
+        fresh = [_count_new(data, family.seen) for family, data in adopted]
+        if self._n_series + sum(fresh) > self._max_series:
+            return False
+        for (family, data), new in zip(adopted, fresh, strict=True):
+            family.data = data
+            family.new += new
+            self._n_series += new
+        return True
 
     def _merge_samples(self, family: _TimerFamily, key: SeriesKey, rate: float, values: array[float]) -> None:
         """``add`` of every value in ``values`` at ``rate``, without one Metric per value."""
@@ -775,6 +835,11 @@ def _values(values: Collection[float], idle: int) -> FloatArray:
 
 def _pad(values: FloatArray, zeros: int) -> FloatArray:
     return np.concatenate((values, np.zeros(zeros))) if zeros else values
+
+
+def _count_new(keys: Collection[_K], seen: Mapping[_K, object]) -> int:
+    """How many of ``keys`` are not in ``seen``: one C-level lookup per key, no set built."""
+    return len(keys) - sum(map(seen.__contains__, keys)) if seen else len(keys)
 
 
 def _with_tags(tags: Tags, *extra: tuple[str, str]) -> Tags:

@@ -28,6 +28,7 @@ hundred samples takes about two bytes per non-empty bucket. This module is pure:
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import sys
@@ -385,13 +386,17 @@ class _Buckets:
         b = self.keys.size
         series = self.series
         per_series = np.bincount(series, minlength=n)
-        n_neg = np.bincount(series[self.classes == _NEG], minlength=n)
+        is_neg = self.classes == _NEG
+        n_neg = np.bincount(series[is_neg], minlength=n) if is_neg.any() else np.zeros(n, dtype=np.int64)
+        del is_neg
         n_pos = per_series - n_neg
 
         counts = self.counts
         whole = (counts == np.floor(counts)) & (counts < _MAX_EXACT)
         zero = self.zero
         zero_whole = (zero == np.floor(zero)) & (zero >= 0.0) & (zero < _MAX_EXACT)
+        if whole.all() and zero_whole.all():
+            return self._encode_varints(per_series, n_neg, n_pos)
         f64 = (np.bincount(series[~whole], minlength=n) > 0) | ~zero_whole
 
         # Key items: zigzag of the first key of each store, then distances between keys.
@@ -433,6 +438,75 @@ class _Buckets:
         ends = [*starts[1:], len(data)]
         return [data[s:e] for s, e in zip(starts, ends, strict=True)]
 
+    def _encode_varints(self, per_series: IntArray, n_neg: IntArray, n_pos: IntArray) -> list[bytes]:
+        """:meth:`encode` when every count (and zero count) is a whole number below 2**53, so
+        every item is a varint (the usual case); same bytes, fewer passes."""
+        n = self.n_series
+        b = self.keys.size
+        keys = self.keys
+        bucket_start = np.zeros(n, dtype=np.int64)
+        np.cumsum(per_series[:-1], out=bucket_start[1:])
+        # Key items: distances from the previous key, except the first key of each store
+        # (the first bucket of a series, and its first positive one after negative ones),
+        # which is zigzag-encoded.
+        key_items = np.empty(b, dtype=np.int64)
+        if b:
+            key_items[0] = 0
+            np.subtract(keys[1:], keys[:-1], out=key_items[1:])
+            np.abs(key_items, out=key_items)
+        firsts = np.concatenate(
+            (bucket_start[per_series > 0], (bucket_start + n_neg)[(n_neg > 0) & (n_pos > 0)])
+        )
+        first_keys = keys[firsts]
+        key_items[firsts] = (first_keys << 1) ^ (first_keys >> 63)
+
+        key_u64 = key_items.view(np.uint64)
+        count_u64 = self.counts.astype(np.uint64)
+        zero_u64 = self.zero.astype(np.uint64)
+        n_neg_u64 = n_neg.astype(np.uint64)
+        n_pos_u64 = n_pos.astype(np.uint64)
+        key_len = _varint_lengths(key_u64)
+        count_len = _varint_lengths(count_u64)
+        # Byte layout per series: version, flags, n_neg, n_pos, zero, its keys, its counts;
+        # positions come from running sums of the varint lengths, per section.
+        # np.empty, not zeros: calloc would hand out fresh pages that fault on first write.
+        key_cum = np.empty(b + 1, dtype=np.int64)
+        key_cum[0] = 0
+        np.cumsum(key_len, dtype=np.int64, out=key_cum[1:])
+        count_cum = np.empty(b + 1, dtype=np.int64)
+        count_cum[0] = 0
+        np.cumsum(count_len, dtype=np.int64, out=count_cum[1:])
+        bucket_end = bucket_start + per_series
+        key_bytes = key_cum[bucket_end] - key_cum[bucket_start]
+        count_bytes = count_cum[bucket_end] - count_cum[bucket_start]
+        n_neg_len = _varint_lengths(n_neg_u64)
+        n_pos_len = _varint_lengths(n_pos_u64)
+        zero_len = _varint_lengths(zero_u64)
+        sizes = n_neg_len + n_pos_len.astype(np.int64) + zero_len + 2 + key_bytes + count_bytes
+        series_start = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=series_start[1:])
+        buf = np.empty(int(series_start[-1]), dtype=np.uint8)
+
+        head = series_start[:-1]
+        buf[head] = _VERSION
+        buf[head + 1] = 0
+        pos = head + 2
+        for values, lengths in ((n_neg_u64, n_neg_len), (n_pos_u64, n_pos_len), (zero_u64, zero_len)):
+            _put_varints(buf, pos, values, lengths)
+            pos = pos + lengths
+        key_pos = np.repeat(pos - key_cum[bucket_start], per_series)
+        key_pos += key_cum[:-1]
+        _put_varints(buf, key_pos, key_u64, key_len)
+        del key_pos, key_cum, key_u64, key_len, key_items
+        count_pos = np.repeat(pos + key_bytes - count_cum[bucket_start], per_series)
+        count_pos += count_cum[:-1]
+        _put_varints(buf, count_pos, count_u64, count_len)
+        del count_pos, count_cum
+
+        data = buf.tobytes()
+        starts = series_start.tolist()
+        return [data[s:e] for s, e in itertools.pairwise(starts)]
+
 
 def _bucketize(
     values: FloatArray, weights: FloatArray | None, offsets: IntArray, presorted: bool
@@ -445,14 +519,18 @@ def _bucketize(
     if offsets[0] != 0 or offsets[-1] != values.size or np.any(lengths < 0):
         raise ValueError("offsets must run from 0 to len(values), non-decreasing")
     n_series = lengths.size
-    if weights is None:
-        w = np.ones(values.size)
-    else:
+    if weights is not None:
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != values.shape:
             raise ValueError("weights must have the same length as values")
         if not np.all(np.isfinite(w) & (w > 0.0)):
             raise ValueError("weights must be finite and positive")
+    if presorted:
+        fast = _bucketize_sorted(values, None if weights is None else w, lengths)
+        if fast is not None:
+            return fast
+    if weights is None:
+        w = np.ones(values.size)
     series = np.repeat(np.arange(n_series, dtype=np.int64), lengths)
     x = values
     if not presorted:
@@ -504,6 +582,85 @@ def _bucketize(
     )
 
 
+#: Offset that makes every bucket's signed key of :func:`_bucketize_sorted` non-zero, and the
+#: stride between two series' codes there (larger than the span of signed keys).
+_SIGNED_OFFSET = 1 - KEY_MIN
+_SIGNED_STRIDE = 2 * (KEY_MAX + _SIGNED_OFFSET) + 1
+
+
+def _bucketize_sorted(values: FloatArray, weights: FloatArray | None, lengths: IntArray) -> _Buckets | None:
+    """The common case of :func:`_bucketize`: finite samples sorted within each segment.
+
+    Gives the same buckets with a few in-place passes over the samples: each sample's bucket is
+    one float, its *signed key* ``-(key + off)`` (negative), 0 (zero bucket) or ``key + off``
+    (positive), which increases with the value inside a series, and its series' code adds
+    ``series * stride``; runs of equal codes are the buckets. Returns None (the caller takes
+    the general path) for a non-finite sample or when the codes are not monotone (unsorted
+    input, or a ``log`` that is not monotone to the last ulp), so the result never depends on
+    which path ran.
+    """
+    n_series = lengths.size
+    size = values.size
+    if size == 0 or n_series * _SIGNED_STRIDE >= _MAX_EXACT:
+        return None
+    signed = np.abs(values)
+    # abs() keeps NaN and inf: the checks on it replace a separate isfinite pass.
+    if not signed.max() < math.inf:
+        return None
+    is_zero = signed < ZERO_THRESHOLD
+    with np.errstate(divide="ignore"):
+        np.log(signed, out=signed)
+    # The same operations as the general path, in place: bit-identical keys.
+    np.divide(signed, _LN_GAMMA, out=signed)
+    np.ceil(signed, out=signed)
+    np.clip(signed, KEY_MIN, KEY_MAX, out=signed)
+    signed += _SIGNED_OFFSET
+    np.copysign(signed, values, out=signed)
+    if is_zero.any():
+        signed[is_zero] = 0.0
+    del is_zero
+    code = np.repeat(np.arange(n_series, dtype=np.float64) * _SIGNED_STRIDE, lengths)
+    code += signed
+    if np.less(code[1:], code[:-1]).any():
+        return None
+    starts = np.empty(size, dtype=bool)
+    starts[0] = True
+    np.not_equal(code[1:], code[:-1], out=starts[1:])
+    del code
+    run_start = np.flatnonzero(starts)
+    del starts
+    run_signed = signed[run_start]
+    del signed
+    if weights is None:
+        run_weight = np.diff(run_start, append=size).astype(np.float64)
+    else:
+        run_weight = np.add.reduceat(weights, run_start)
+    # Every non-empty series starts a run (codes of two series never meet).
+    offsets = np.zeros(n_series + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    series_runs = np.searchsorted(run_start, offsets)
+    del run_start
+    zero = np.zeros(n_series)
+    zero_runs = np.flatnonzero(run_signed == 0.0)
+    if zero_runs.size:
+        zero[np.searchsorted(series_runs, zero_runs, side="right") - 1] = run_weight[zero_runs]
+        keep = np.ones(run_signed.size, dtype=bool)
+        keep[zero_runs] = False
+        run_signed, run_weight = run_signed[keep], run_weight[keep]
+        series_runs = series_runs - np.searchsorted(zero_runs, series_runs)
+    negative = run_signed < 0.0
+    keys = np.abs(run_signed).astype(np.int64)
+    keys -= _SIGNED_OFFSET
+    return _Buckets(
+        n_series=n_series,
+        series=np.repeat(np.arange(n_series, dtype=np.int64), np.diff(series_runs)),
+        classes=np.where(negative, _NEG, _POS).astype(np.int64),
+        keys=keys,
+        counts=run_weight,
+        zero=zero,
+    )
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -549,9 +706,9 @@ def _unzigzag(u: int) -> int:
     return (u >> 1) ^ -(u & 1)
 
 
-def _varint_lengths(v: _U64Array) -> IntArray:
+def _varint_lengths(v: _U64Array) -> npt.NDArray[np.uint8]:
     """LEB128 length of each value (exact below 2**53: the float exponent is the bit length)."""
-    lengths = np.ones(v.size, dtype=np.int64)
+    lengths = np.ones(v.size, dtype=np.uint8)
     big = np.flatnonzero(v >= 0x80)
     if big.size:
         _, exponent = np.frexp(v[big].astype(np.float64))
@@ -566,30 +723,35 @@ def _write_items(values: _U64Array, is_f64: npt.NDArray[np.bool_]) -> tuple[byte
     lengths[is_f64] = 8
     start = np.zeros(values.size, dtype=np.int64)
     if values.size:
-        np.cumsum(lengths[:-1], out=start[1:])
-    total = int(start[-1] + lengths[-1]) if values.size else 0
+        np.cumsum(lengths[:-1], dtype=np.int64, out=start[1:])
+    total = int(start[-1]) + int(lengths[-1]) if values.size else 0
     buf = np.zeros(total, dtype=np.uint8)
-
+    # Raw words are written last, over the placeholder byte _put_varints leaves at their start.
+    _put_varints(buf, start, values, np.where(is_f64, 1, lengths))
     raw = np.flatnonzero(is_f64)
     if raw.size:
         words = values[raw].astype("<u8").view(np.uint8).reshape(-1, 8)
         buf[start[raw][:, None] + np.arange(8)] = words
+    return buf.tobytes(), start
 
-    # Most items fit one byte: write those in a single pass, then loop over the longer ones.
-    single = lengths == 1
-    buf[start[single]] = values[single].astype(np.uint8)
-    idx = np.flatnonzero(~single & ~is_f64)
+
+def _put_varints(
+    buf: npt.NDArray[np.uint8], pos: IntArray, values: _U64Array, lengths: npt.NDArray[np.uint8]
+) -> None:
+    """Write each ``values[i]`` as a LEB128 varint of ``lengths[i]`` bytes at ``buf[pos[i]:]``."""
+    # Most fit one byte: every first byte in one pass, then the longer ones whole.
+    buf[pos] = values.astype(np.uint8)
+    idx = np.flatnonzero(lengths > 1)
     v = values[idx]
-    pos = start[idx]
+    at = pos[idx]
     rest = lengths[idx]
     for j in range(10):
-        if idx.size == 0:
+        if v.size == 0:
             break
         more = rest > j + 1
         byte = ((v >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        buf[pos + j] = byte | (more.astype(np.uint8) << np.uint8(7))
-        v, pos, rest, idx = v[more], pos[more], rest[more], idx[more]
-    return buf.tobytes(), start
+        buf[at + j] = byte | (more.astype(np.uint8) << np.uint8(7))
+        v, at, rest = v[more], at[more], rest[more]
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

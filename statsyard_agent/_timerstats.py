@@ -195,8 +195,12 @@ def timer_stats_sorted(
     total = np.add.reduceat(x, starts)
     total_sq = np.add.reduceat(sq[:-1], starts)
     mean = total / nf
-    dev = x - np.repeat(mean, n)
-    std = np.sqrt(np.add.reduceat(dev * dev, starts) / nf)
+    # In place (the same operations): each temporary is as large as all samples together.
+    dev = np.repeat(mean, n)
+    np.subtract(x, dev, out=dev)
+    np.multiply(dev, dev, out=dev)
+    std = np.sqrt(np.add.reduceat(dev, starts) / nf)
+    del dev
     mid = starts + n // 2
     odd = (n % 2) == 1
     median = np.where(odd, x[mid], (x[np.maximum(mid - 1, 0)] + x[mid]) / 2.0)
