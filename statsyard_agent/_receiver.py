@@ -26,6 +26,7 @@ asks each worker to ship what it holds and quit.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import pickle
@@ -170,6 +171,7 @@ class Receiver:
                     send_frame(ctrl, self.ship())
                     return
                 send_frame(ctrl, self.ship())
+                gc.freeze()  # the slots are long-lived: keep full collections off them (see _flush)
 
 
 def main(argv: Sequence[str]) -> int:
