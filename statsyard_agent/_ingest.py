@@ -9,19 +9,20 @@ series over and over, and a metric line's meaning depends on its value only thro
 ``NAME:VALUE|TYPE|SECTIONS`` always means the same series, kind and sample rate for a given
 ``(NAME, TYPE|SECTIONS)``. So the first line of each ``(NAME, TAIL)`` pair goes through the real
 :class:`~statsyard_agent._protocol.Parser` (every check, every error reason, sanitising, tag
-sorting), and the result is cached as a *spec*; later lines with the same pair cost two
+sorting), and the pair is bound to the slot its metric went into (or, while the series cap
+refuses it, kept as a *spec*: kind, series, rate); later lines with the same pair cost two
 ``bytes.partition`` calls, one dict lookup, a cached value conversion and one ``+=`` or
 ``append`` into the series' slot (about 0.8 µs per line).
 
 Equivalence with ``Parser.parse_datagram`` + ``Aggregator.add`` (pinned by property tests):
 
-* The spec is only ever taken from a line the parser accepted, and only for a name without
+* A pair is only ever bound (or its spec kept) from a line the parser accepted, and only for a name without
   ``|`` (with a ``|`` before the first ``:`` the parser always refuses the line, so such a line
   never reaches the fast path). For such a name, the parser's own split gives exactly ``NAME``,
   ``VALUE`` and ``TAIL``, and the name, type and sections are checked before the value.
 * A value not already seen is converted by the parser's own rules; a packed (``1:2:3``),
   invalid or empty value, a bad set member, a line longer than ``max_line_bytes``, an event,
-  a service check and every line without a spec go through the parser as they are, and its
+  a service check and every line of an unbound pair go through the parser as they are, and its
   result (metrics, or the one error with its reason) is used.
 * Slots are created only for a line that is valid, so a bad line never opens a series.
 * Counter slots accumulate ``value * (1 / rate)`` in arrival order, as ``Aggregator.add`` does;
@@ -31,7 +32,7 @@ Counting (into the ``counts`` object given, e.g. the agent's ingest counters): `
 lines), ``metrics`` (one per metric, so per value of a packed gauge line), ``events``,
 ``service_checks`` and ``parse_errors[reason]``, exactly as ``parse_datagram`` reports them.
 
-Memory: specs and cached values are bounded like the parser's caches (cleared when full); slots
+Memory: bound pairs, specs and cached values are bounded (cleared when full); slots
 are bounded by ``max_series``: a metric of a new series beyond it is refused and counted in the
 partial (``refused``), as the aggregator's own guard would. Slots of series gone quiet are evicted
 after a few takes, which frees room again.
@@ -345,7 +346,10 @@ class PreAggregator:
         counts.metrics += 1
 
     def _parse_line(self, line: bytes, key: tuple[bytes, bytes] | None = None) -> None:
-        """Let the parser handle one line; learn its spec when ``key`` is given."""
+        """Let the parser handle one line; when ``key`` is given, bind it to the slot the line's
+        (first) metric went into, so the key's next lines take the fast path; if the series cap
+        refused that metric, keep its spec instead, so the key's next lines are refused without
+        a parse (specs are kept only for such keys: a bound key needs none)."""
         counts = self._counts
         try:
             items = self._parser.parse_line(line)
@@ -357,9 +361,12 @@ class PreAggregator:
             return  # an empty line (or a lone "\r"): not a line at all
         counts.lines += 1
         first = items[0]
+        first_slot: _Slot | None = None
         for item in items:
             if isinstance(item, Metric):
-                self._add(item)
+                slot = self._add(item)
+                if item is first:
+                    first_slot = slot
                 counts.metrics += 1
             elif isinstance(item, Event):
                 self._events.append(item)
@@ -368,16 +375,23 @@ class PreAggregator:
                 self._service_checks.append(item)
                 counts.service_checks += 1
         if key is not None and isinstance(first, Metric) and b"|" not in key[0]:
-            specs = self._specs
-            if len(specs) >= SPEC_MAX_ENTRIES:
-                specs.clear()
-            specs[key] = (first.kind, (first.name, first.tags), first.rate)
+            if first_slot is not None:
+                bound = self._bound
+                if len(bound) >= SPEC_MAX_ENTRIES:
+                    bound.clear()
+                bound[key] = first_slot
+            else:
+                specs = self._specs
+                if len(specs) >= SPEC_MAX_ENTRIES:
+                    specs.clear()
+                specs[key] = (first.kind, (first.name, first.tags), first.rate)
 
-    def _add(self, metric: Metric) -> None:
-        """``Aggregator.add`` semantics, into this interval's slots (any value, -0.0 included)."""
+    def _add(self, metric: Metric) -> _Slot | None:
+        """``Aggregator.add`` semantics, into this interval's slots (any value, -0.0 included);
+        return the slot, or None if the series cap refused it."""
         slot = self._slot(metric.kind, (metric.name, metric.tags), metric.rate)
         if slot is None:
-            return
+            return None
         code, cell, factor = slot
         if code == _COUNTER:
             total = cell[0]
@@ -399,6 +413,7 @@ class PreAggregator:
                 else:
                     cell[0] = 1.0
                     cell[1] = value
+        return slot
 
     def _bind(
         self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey, rate: float
@@ -409,6 +424,7 @@ class PreAggregator:
             if len(bound) >= SPEC_MAX_ENTRIES:
                 bound.clear()
             bound[key] = slot
+            self._specs.pop(key, None)  # kept only while the cap refuses the key
         return slot
 
     def _slot(self, kind: MetricKind, series: SeriesKey, rate: float) -> _Slot | None:
