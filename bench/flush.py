@@ -60,6 +60,7 @@ def main() -> None:
             t3 = time.perf_counter()
             tsdb.write(batch)
             t4 = time.perf_counter()
+            gc.collect(1)
             gc.freeze()
             print(
                 f"{round_:5d} {t1 - t0:7.2f}s {t2 - t1:8.2f}s {t3 - t2:6.2f}s {t4 - t3:6.2f}s "

@@ -163,8 +163,11 @@ def freeze_long_lived() -> None:
     collection took 0.4-0.5 s, in the middle of unpickling a worker's partial (50 ms without it).
     Frozen objects are still freed by reference counting when they die; only a reference cycle
     that dies after being frozen is never reclaimed, and the agent's long-lived structures
-    (dicts, tuples, arrays) hold none. Young garbage is still collected as usual.
+    (dicts, tuples, arrays) hold none. So the young generations are collected first (a few ms:
+    they hold only what was allocated since the last write), so that no young garbage cycle is
+    frozen; young garbage created later is collected as usual.
     """
+    gc.collect(1)
     gc.freeze()
 
 

@@ -171,7 +171,8 @@ class Receiver:
                     send_frame(ctrl, self.ship())
                     return
                 send_frame(ctrl, self.ship())
-                gc.freeze()  # the slots are long-lived: keep full collections off them (see _flush)
+                gc.collect(1)  # the slots are long-lived: keep full collections off them
+                gc.freeze()  # (see _flush.freeze_long_lived)
 
 
 def main(argv: Sequence[str]) -> int:
