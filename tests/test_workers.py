@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,6 +140,81 @@ async def test_a_killed_worker_is_restarted_and_its_unshipped_data_is_counted(
     assert "statsyard_ingest_worker_lost_lines_total 100.0" in metrics
     assert f'statsyard_task_restarts_total{{task="ingest_worker_{victim}"}} 1.0' in metrics
     assert await agent.stop() == 0
+
+
+def exported(agent: RunningAgent, name: str) -> float:
+    """One unlabelled sample of the agent's ``/metrics`` registry."""
+    for line in generate_latest(agent.handle.telemetry.registry).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+async def test_an_overflowing_socket_buffer_is_counted_datagram_for_datagram(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    """No silent drops: with both workers stopped, a small receive buffer overflows; every
+    datagram the kernel dropped is in statsyard_udp_kernel_drops_total and every other one is on
+    disk, so sent == received + dropped exactly, and the stored counter says the same."""
+    config = make_config(tmp_path / "data", udp_rcvbuf=16384, ingest={"workers": 2})
+    agent = await start_agent(nursery, config)
+    await started(agent)
+    assert exported(agent, "statsyard_udp_kernel_drops_total") == 0
+    pids = [pid for pid in running_pids(agent) if pid is not None]
+    (client,) = clients(1)
+    payload = b"\n".join([b"k.flood:1|c"] * 50)  # 50 lines, 599 bytes
+    sent = 400
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(sent):
+            client.sendto(payload, ("127.0.0.1", agent.udp_port))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    def accounted() -> float:
+        return agent.handle.state.ingest.packets + exported(agent, "statsyard_udp_kernel_drops_total")
+
+    # Workers ship every second: wait until every datagram is either shipped or counted as dropped.
+    await wait_for(lambda: accounted() >= sent, 30, lambda: f"accounted {accounted()} of {sent}")
+    dropped = exported(agent, "statsyard_udp_kernel_drops_total")
+    assert 0 < dropped < sent  # the buffer overflowed, and it held some
+    assert agent.handle.state.ingest.packets + dropped == sent
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(tmp_path / "data", "k.flood") == 50 * (sent - dropped)
+
+
+async def test_the_event_loop_listener_counts_kernel_drops_too(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients
+) -> None:
+    """``workers = 0``: the event loop is blocked (on purpose, by joining a sending thread in it)
+    while a small buffer overflows; again sent == received + dropped, and the rest is on disk."""
+    config = make_config(tmp_path / "data", udp_rcvbuf=16384)
+    agent = await start_agent(nursery, config)
+    (client,) = clients(1)
+    payload = b"\n".join([b"k.blocked:1|c"] * 50)
+    sent = 400
+
+    def burst() -> None:
+        for _ in range(sent):
+            client.sendto(payload, ("127.0.0.1", agent.udp_port))
+
+    sender = threading.Thread(target=burst)
+    sender.start()
+    sender.join()  # blocks the event loop: nothing reads the socket meanwhile
+
+    def accounted() -> float:
+        return agent.handle.state.ingest.packets + exported(agent, "statsyard_udp_kernel_drops_total")
+
+    await wait_for(lambda: accounted() >= sent, 30, lambda: f"accounted {accounted()} of {sent}")
+    dropped = exported(agent, "statsyard_udp_kernel_drops_total")
+    assert 0 < dropped < sent
+    assert agent.handle.state.ingest.packets + dropped == sent
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(tmp_path / "data", "k.blocked") == 50 * (sent - dropped)
 
 
 async def test_a_worker_that_stops_answering_is_killed_and_replaced(
