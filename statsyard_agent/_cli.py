@@ -103,6 +103,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                         help="UDP receive worker processes (SO_REUSEPORT), each parsing and "
                              "pre-aggregating on its own core; 0 receives on the event loop "
                              "(default 2)")
+    parser.add_argument("--udp-rcvbuf", type=int, metavar="BYTES",
+                        help="SO_RCVBUF to ask for on each UDP socket; the kernel caps it at "
+                             "net.core.rmem_max (granted size logged and exported; default 8388608)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +175,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": "log_level", "retention": "storage.retention",
         "unix": "unix", "unix_mode": "unix_mode", "origin_detection": "origin_detection",
         "tags": "tags", "tag_cardinality": "tag_cardinality", "forward": "forward",
-        "ingest_workers": "ingest.workers",
+        "ingest_workers": "ingest.workers", "udp_rcvbuf": "udp_rcvbuf",
     }
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr, None) is not None}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from statsyard_agent._cli import _overrides, build_parser
 from statsyard_agent._config import EXAMPLE_CONFIG, Address, build_config, load_config
 from statsyard_agent._exceptions import ConfigError
 
@@ -134,6 +135,16 @@ def test_check_config_command(tmp_path: Path) -> None:
     missing = _cli("check-config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2
     assert "file not found" in missing.stderr
+
+
+def test_udp_rcvbuf_flag_sets_the_key_and_a_too_small_one_is_refused() -> None:
+    args = build_parser().parse_args(["--udp-rcvbuf", "65536", "--ingest-workers", "1"])
+    overrides = _overrides(args)
+    assert overrides == {"udp_rcvbuf": 65536, "ingest.workers": 1}
+    assert load_config(None, overrides).udp_rcvbuf == 65536
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"udp_rcvbuf": 100})
+    assert caught.value.key == "udp_rcvbuf"
 
 
 def test_help_lists_every_flag_and_command() -> None:
