@@ -8,7 +8,8 @@ Parts (``--parts``, comma-separated):
 
 * ``loops``: the receive-loop options, each as a bare receiver (no agent around it) fed faster than
   it can read: IO model (trio ``wait_readable`` + drain, a uvloop datagram endpoint, ``poll`` +
-  drain) x per-line engine (``Parser.parse_datagram`` + ``Aggregator.add``, the pre-issue path;
+  drain, ``poll`` + ``recvmmsg`` batch reads through ctypes) x per-line engine
+  (``Parser.parse_datagram`` + ``Aggregator.add``, the pre-issue path;
   the prefix-cache ``PreAggregator``) x 1 or 2 processes on ``SO_REUSEPORT``. Prints lines/s and
   CPU µs per line.
 * ``table``: for StatsYard (``--workers`` ingest workers each) and for Etsy statsd 0.9 (installed
@@ -772,7 +773,9 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
             feed(bytes(view[:size]))
         return n
 
-    if mode == "poll":
+    if mode in ("poll", "recvmmsg"):
+        if mode == "recvmmsg":
+            drain = _recvmmsg_drain(sock, feed)
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         got = 0
@@ -821,6 +824,64 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
     print(f"done {counts.lines} {usage.user + usage.system}", flush=True)
 
 
+def _recvmmsg_drain(sock: socket.socket, feed: Callable[[bytes], None]) -> Callable[[], int]:
+    """A drain that reads up to 64 datagrams per system call with ``recvmmsg(2)`` (through
+    ctypes: the standard library has no binding), lengths read through one numpy view."""
+    import ctypes
+    import ctypes.util
+
+    import numpy as np
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    class IoVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    class MsgHdr(ctypes.Structure):
+        _fields_ = [
+            ("name", ctypes.c_void_p),
+            ("namelen", ctypes.c_uint32),
+            ("iov", ctypes.POINTER(IoVec)),
+            ("iovlen", ctypes.c_size_t),
+            ("control", ctypes.c_void_p),
+            ("controllen", ctypes.c_size_t),
+            ("flags", ctypes.c_int),
+        ]
+
+    class MMsgHdr(ctypes.Structure):
+        _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+    batch, size = 64, 65536
+    buffer = ctypes.create_string_buffer(batch * size)
+    iovecs = (IoVec * batch)()
+    messages = (MMsgHdr * batch)()
+    for i in range(batch):
+        iovecs[i].base = ctypes.addressof(buffer) + i * size
+        iovecs[i].len = size
+        messages[i].hdr.iov = ctypes.pointer(iovecs[i])
+        messages[i].hdr.iovlen = 1
+    recvmmsg = libc.recvmmsg
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    stride = ctypes.sizeof(MMsgHdr) // 4
+    lengths = np.frombuffer(messages, dtype=np.uint32)[MMsgHdr.len.offset // 4 :: stride]
+    view = memoryview(buffer)
+    fd, address, flags = sock.fileno(), ctypes.addressof(messages), socket.MSG_DONTWAIT
+
+    def drain() -> int:
+        total = 0
+        while total < 512:
+            n = recvmmsg(fd, address, batch, flags, None)
+            if n <= 0:
+                break
+            for i, length in enumerate(lengths[:n].tolist()):
+                start = i * size
+                feed(bytes(view[start : start + length]))
+            total += n
+        return total
+
+    return drain
+
+
 def loops_trial(
     sender: Path, workload: Workload, seconds: float, engine: str, mode: str, processes: int
 ) -> dict[str, Any]:
@@ -854,10 +915,10 @@ def run_loops(sender: Path, workload: Workload, seconds: float) -> list[dict[str
     try:
         import uvloop  # noqa: F401
 
-        modes = ["trio", "uvloop", "poll"]
+        modes = ["trio", "uvloop", "poll", "recvmmsg"]
     except ImportError:
         log("uvloop is not installed: its receive loop is skipped")
-        modes = ["trio", "poll"]
+        modes = ["trio", "poll", "recvmmsg"]
     results = []
     for engine in ("parse+add", "preagg"):
         for processes in (1, 2):
