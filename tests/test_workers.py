@@ -150,6 +150,25 @@ def exported(agent: RunningAgent, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+async def check_every_datagram_accounted(
+    agent: RunningAgent, data_dir: Path, name: str, sent: int, lines: int
+) -> None:
+    """After an overflow: every datagram was received or counted as dropped by the kernel (some
+    of each), and the counter ``name`` on disk holds ``lines`` per received datagram."""
+
+    def accounted() -> float:
+        return agent.handle.state.ingest.packets + exported(agent, "statsyard_udp_kernel_drops_total")
+
+    # Workers ship every second: wait until every datagram is either shipped or counted as dropped.
+    await wait_for(lambda: accounted() >= sent, 30, lambda: f"accounted {accounted()} of {sent}")
+    dropped = exported(agent, "statsyard_udp_kernel_drops_total")
+    assert 0 < dropped < sent  # the buffer overflowed, and it held some
+    assert agent.handle.state.ingest.packets + dropped == sent
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(data_dir, name) == lines * (sent - dropped)
+
+
 async def test_an_overflowing_socket_buffer_is_counted_datagram_for_datagram(
     nursery: trio.Nursery, tmp_path: Path, clients: Clients
 ) -> None:
@@ -172,18 +191,7 @@ async def test_an_overflowing_socket_buffer_is_counted_datagram_for_datagram(
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-
-    def accounted() -> float:
-        return agent.handle.state.ingest.packets + exported(agent, "statsyard_udp_kernel_drops_total")
-
-    # Workers ship every second: wait until every datagram is either shipped or counted as dropped.
-    await wait_for(lambda: accounted() >= sent, 30, lambda: f"accounted {accounted()} of {sent}")
-    dropped = exported(agent, "statsyard_udp_kernel_drops_total")
-    assert 0 < dropped < sent  # the buffer overflowed, and it held some
-    assert agent.handle.state.ingest.packets + dropped == sent
-    with trio.fail_after(30):
-        await agent.handle.flush()
-    assert await counter_total(tmp_path / "data", "k.flood") == 50 * (sent - dropped)
+    await check_every_datagram_accounted(agent, tmp_path / "data", "k.flood", sent, 50)
 
 
 async def test_the_event_loop_listener_counts_kernel_drops_too(
@@ -204,17 +212,7 @@ async def test_the_event_loop_listener_counts_kernel_drops_too(
     sender = threading.Thread(target=burst)
     sender.start()
     sender.join()  # blocks the event loop: nothing reads the socket meanwhile
-
-    def accounted() -> float:
-        return agent.handle.state.ingest.packets + exported(agent, "statsyard_udp_kernel_drops_total")
-
-    await wait_for(lambda: accounted() >= sent, 30, lambda: f"accounted {accounted()} of {sent}")
-    dropped = exported(agent, "statsyard_udp_kernel_drops_total")
-    assert 0 < dropped < sent
-    assert agent.handle.state.ingest.packets + dropped == sent
-    with trio.fail_after(30):
-        await agent.handle.flush()
-    assert await counter_total(tmp_path / "data", "k.blocked") == 50 * (sent - dropped)
+    await check_every_datagram_accounted(agent, tmp_path / "data", "k.blocked", sent, 50)
 
 
 async def test_a_worker_that_stops_answering_is_killed_and_replaced(
