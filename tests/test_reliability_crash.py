@@ -182,10 +182,13 @@ def _crash_scenario(tmp: Path, task: str, mode: str, started: list[AgentProcess]
             wait_for_blocking(lambda: restarts(agent, task) >= crashes, 30, f"{task} restarts")
     if not escalates:
         put("after", 5, spread=task.startswith("ingest"))
+        # Each SIGKILL of a worker may take one datagram nobody can count (see the accounting
+        # check in test_each_task_crashing); whatever is still queued, the shutdown drains.
+        unaccountable = crashes if task.startswith("ingest") else 0
         wait_for_blocking(
-            lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= datagrams,
+            lambda: scrape(agent)["statsyard_udp_packets_received_total"] >= datagrams - unaccountable,
             30,
-            f"every datagram received ({datagrams} sent)",
+            f"every datagram received ({datagrams} sent, {unaccountable} may be unaccountable)",
         )
         agent.proc.send_signal(signal.SIGTERM)
     status = agent.wait(60)
