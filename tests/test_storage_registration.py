@@ -23,10 +23,11 @@ from statsyard_agent.storage._index import (
     LOST_KIND,
     SKETCH_KIND,
     SeriesIndex,
-    _add_keys,
+    _add_first,
     encode_series,
     sibling_count_name,
 )
+from statsyard_agent.storage._keytable import KeyTable
 
 T0 = 1_700_000_000 - 1_700_000_000 % 3600
 CONFIG = StorageConfig(retention=parse_retention("10s:1d,1m:7d"), fsync=False)
@@ -181,11 +182,13 @@ def test_an_index_written_by_the_old_encoder_still_opens(tmp_path: Path) -> None
         assert len(db._index) == 4
 
 
-def test_add_keys_first_definition_wins() -> None:
-    ids = {("a", ()): 0}
-    _add_keys(ids, [("b", ()), ("c", ()), ("b", ())], [1, 2, 3])
+def test_add_first_first_definition_wins() -> None:
+    names: list[str] = ["a", "b", "c", "b", "d", "a", "d"]
+    tags: list[Tags] = [()] * len(names)
+    ids = KeyTable(names, tags)
+    _add_first(ids, np.arange(4), names[:4], tags[:4])
     assert list(ids.items()) == [(("a", ()), 0), (("b", ()), 1), (("c", ()), 2)]
-    _add_keys(ids, [("d", ()), ("a", ()), ("d", ())], [4, 5, 6])
+    _add_first(ids, np.arange(4, 7), names[4:], tags[4:])
     assert list(ids.items()) == [(("a", ()), 0), (("b", ()), 1), (("c", ()), 2), (("d", ()), 4)]
 
 

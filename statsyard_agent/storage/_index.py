@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import KeysView, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from statsyard_agent._types import Rollup, Tags
 
 from . import _records
 from ._files import storage_error
+from ._keytable import KeyTable, distinct, hash_keys
 from ._retention import Tier
 
 MAGIC = b"SYIDX\x00\x00\x01"
@@ -143,21 +144,6 @@ def _decode_strings(blob: bytes, starts: list[int], ends: list[int]) -> list[str
     return [_decode_str(blob[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
-def _add_keys(ids: dict[tuple[str, Tags], int], keys: list[tuple[str, Tags]], sids: Sequence[int]) -> None:
-    """``ids.setdefault(key, sid)`` for each pair in order (the first definition wins), in bulk."""
-    if ids.keys().isdisjoint(keys):
-        before = len(ids)
-        ids.update(zip(keys, sids, strict=True))
-        if len(ids) - before != len(keys):
-            # Duplicates within the batch: update() kept the last; put the first back (an
-            # existing key keeps its place in the dict's order).
-            for key, sid in zip(reversed(keys), reversed(sids), strict=True):
-                ids[key] = sid
-        return
-    for key, sid in zip(keys, sids, strict=True):
-        ids.setdefault(key, sid)
-
-
 class SeriesIndex:
     """The in-memory index: ids <-> (name, tags), kinds, groups, MEAN siblings.
 
@@ -173,8 +159,9 @@ class SeriesIndex:
         self._gids = np.zeros(16, dtype=np.int64)
         self._sibling = np.full(16, -1, dtype=np.int64)
         self.groups: dict[int, tuple[Tier, ...]] = {}
-        self.point_ids: dict[tuple[str, Tags], int] = {}
-        self.sketch_ids: dict[tuple[str, Tags], int] = {}
+        # Not dicts: see _keytable (they read names/tags above, by id).
+        self.point_ids = KeyTable(self.names, self.tags)
+        self.sketch_ids = KeyTable(self.names, self.tags)
         self._pending_mean: dict[tuple[str, Tags], list[int]] = {}
         self.offset = 0  # end of the valid prefix of the file read so far
         self.file_size = 0
@@ -210,6 +197,22 @@ class SeriesIndex:
     def sibling(self, sid: int) -> int:
         """The id of a MEAN series' count sibling (same tags), or -1."""
         return int(self._sibling[sid]) if sid < len(self.names) else -1
+
+    def same_keys(self, ids: IntArray, names: Sequence[str], tags: Sequence[Tags]) -> bool:
+        """Whether series ``ids[i]`` is ``(names[i], tags[i])`` for every ``i`` (``ids`` valid).
+
+        A string comparison per key, no hashing: the writer's check that a batch has the same
+        series as the previous one."""
+        if not len(ids):
+            return not len(names)
+        first, last = int(ids[0]), int(ids[-1])
+        if last - first + 1 == len(ids) and np.array_equal(ids, np.arange(first, last + 1)):
+            # Registered together, in this order (the usual case): list slices, compared in C.
+            return self.names[first : last + 1] == list(names) and self.tags[first : last + 1] == list(tags)
+        id_list = ids.tolist()
+        return list(map(self.names.__getitem__, id_list)) == list(names) and list(
+            map(self.tags.__getitem__, id_list)
+        ) == list(tags)
 
     def group_id(self, tiers: tuple[Tier, ...]) -> int | None:
         for gid, known in self.groups.items():
@@ -291,15 +294,15 @@ class SeriesIndex:
         kinds: npt.NDArray[Any],
         gids: npt.NDArray[Any] | list[int],
         *,
-        fresh: dict[tuple[str, Tags], int] | None = None,
+        new_point_hashes: IntArray | None = None,
     ) -> None:
         """Append series ``len(self), len(self) + 1, ...`` (the columns of one SERIES record).
 
         Used by :meth:`apply` and by the writer right after it made the same record durable
         (so that it does not decode what it just encoded). The first definition of a
-        ``(name, tags)`` wins; ids of :data:`LOST_KIND` are burnt, never listed. ``fresh``:
-        the writer's ``(name, tags) -> id`` of these series when they are all distinct point
-        series the index does not hold yet (saves building it again).
+        ``(name, tags)`` wins; ids of :data:`LOST_KIND` are burnt, never listed.
+        ``new_point_hashes``: from the writer when these are all distinct point series the index
+        does not hold yet, their :func:`~._keytable.hash_keys` (saves checking and hashing again).
         """
         first = len(self.names)
         count = len(names)
@@ -312,42 +315,66 @@ class SeriesIndex:
         self.names.extend(names)
         self.tags.extend(tags)
         point_ids = self.point_ids
-        point = (kinds != LOST_KIND) & (kinds != SKETCH_KIND)
-        keys: list[tuple[str, Tags]] | KeysView[tuple[str, Tags]]
-        if fresh is not None:
-            point_ids.update(fresh)  # a copy of the table when point_ids is empty
-            keys = fresh.keys()
-        elif point.all():
-            keys = list(zip(names, tags, strict=True))
-            _add_keys(point_ids, keys, range(first, total))
+        key_names: Sequence[str]
+        key_tags: Sequence[Tags]
+        if new_point_hashes is not None:
+            key_names, key_tags = names, tags
+            point_ids.insert_new(np.arange(first, total, dtype=np.int64), new_point_hashes)
         else:
-            where = np.flatnonzero(point).tolist()
-            keys = [(names[i], tags[i]) for i in where]
-            sids = [first + i for i in where]
-            sketch = np.flatnonzero(kinds == SKETCH_KIND).tolist()
-            if sketch:
-                _add_keys(self.sketch_ids, [(names[i], tags[i]) for i in sketch], [first + i for i in sketch])
-            _add_keys(point_ids, keys, sids)
-        pending = self._pending_mean
-        if pending:
-            # MEAN series registered before their count sibling: resolve those now defined.
-            if len(pending) <= len(keys):
-                found = [key for key in pending if key in point_ids]
+            point = (kinds != LOST_KIND) & (kinds != SKETCH_KIND)
+            if point.all():
+                key_names, key_tags = names, tags
+                _add_first(point_ids, np.arange(first, total, dtype=np.int64), names, tags)
             else:
-                found = list(dict.fromkeys(key for key in keys if key in pending))
-            for key in found:
-                self._sibling[pending.pop(key)] = point_ids[key]
-        for i in np.flatnonzero(kinds == Rollup.MEAN).tolist():
-            count_name = sibling_count_name(names[i])
-            if count_name is None:
-                continue
-            count_key = (count_name, tags[i])
-            other = point_ids.get(count_key)
-            if other is not None:
-                self._sibling[first + i] = other
-            else:
-                pending.setdefault(count_key, []).append(first + i)
+                where = np.flatnonzero(point)
+                key_names = [names[i] for i in where.tolist()]
+                key_tags = [tags[i] for i in where.tolist()]
+                sketch = np.flatnonzero(kinds == SKETCH_KIND)
+                if len(sketch):
+                    _add_first(
+                        self.sketch_ids,
+                        sketch + first,
+                        [names[i] for i in sketch.tolist()],
+                        [tags[i] for i in sketch.tolist()],
+                    )
+                _add_first(point_ids, where + first, key_names, key_tags)
+        self._resolve_pending_mean(key_names, key_tags)
+        mean = np.flatnonzero(kinds == Rollup.MEAN).tolist()
+        if mean:
+            count_names: list[str] = []
+            count_tags: list[Tags] = []
+            sids: list[int] = []
+            for i in mean:
+                count_name = sibling_count_name(names[i])
+                if count_name is not None:
+                    count_names.append(count_name)
+                    count_tags.append(tags[i])
+                    sids.append(first + i)
+            others = point_ids.find(hash_keys(count_names, count_tags), count_names, count_tags)
+            self._sibling[sids] = others
+            pending = self._pending_mean
+            for j in np.flatnonzero(others < 0).tolist():
+                pending.setdefault((count_names[j], count_tags[j]), []).append(sids[j])
         self.version += 1
+
+    def _resolve_pending_mean(self, names: Sequence[str], tags: Sequence[Tags]) -> None:
+        """MEAN series registered before their count sibling: link those now defined (among
+        the point series just added, ``names``/``tags``)."""
+        pending = self._pending_mean
+        if not pending:
+            return
+        point_ids = self.point_ids
+        if len(pending) <= len(names):
+            wanted = list(pending)
+            want_names = [name for name, _ in wanted]
+            want_tags = [tags for _, tags in wanted]
+            ids = point_ids.find(hash_keys(want_names, want_tags), want_names, want_tags)
+            found = [(wanted[j], int(ids[j])) for j in np.flatnonzero(ids >= 0).tolist()]
+        else:
+            keys = dict.fromkeys(key for key in zip(names, tags, strict=True) if key in pending)
+            found = [(key, point_ids[key]) for key in keys]
+        for key, sid in found:
+            self._sibling[pending.pop(key)] = sid
 
     def _reserve(self, size: int) -> None:
         """Room for ``size`` series in the per-id arrays, growing them geometrically."""
@@ -402,3 +429,24 @@ class SeriesIndex:
         self.file_size = size
         self.torn = result.torn
         return applied > 0
+
+
+def _add_first(table: KeyTable, ids: IntArray, names: Sequence[str], tags: Sequence[Tags]) -> None:
+    """Add each series ``ids[i]`` keyed ``(names[i], tags[i])`` to ``table`` unless its key is
+    there already or earlier in these columns (the first definition wins)."""
+    if not len(ids):
+        return
+    hashes = hash_keys(names, tags)
+    absent = np.flatnonzero(table.find(hashes, names, tags) < 0)
+    if len(absent) < len(ids):
+        ids, hashes = ids[absent], hashes[absent]
+        names = [names[i] for i in absent.tolist()]
+        tags = [tags[i] for i in absent.tolist()]
+    if not distinct(hashes):
+        # Equal keys within the columns (or merely equal hashes): keep first occurrences.
+        positions: dict[tuple[str, Tags], int] = {}
+        for i, key in enumerate(zip(names, tags, strict=True)):
+            positions.setdefault(key, i)
+        keep = np.fromiter(positions.values(), dtype=np.int64, count=len(positions))
+        ids, hashes = ids[keep], hashes[keep]
+    table.insert_new(ids, hashes)

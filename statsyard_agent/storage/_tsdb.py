@@ -43,6 +43,7 @@ from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
 from ._head import HeadSet
 from ._index import SeriesIndex
+from ._keytable import distinct, hash_keys
 from ._maintain import DiskUsage, Maintenance
 from ._retention import Tier
 from ._wal import AppendFile, FlushRecord
@@ -118,7 +119,7 @@ class TSDB:
         self._fingerprints: collections.deque[tuple[int, int, int, int]] = collections.deque(
             maxlen=_FINGERPRINTS
         )
-        self._last_names: tuple[tuple[str, ...], tuple[Tags, ...], IntArray] | None = None
+        self._last_ids: IntArray | None = None
         self._points_written = 0
         self._late_dropped = 0
         self._usage = DiskUsage()
@@ -347,15 +348,13 @@ class TSDB:
 
     def _point_ids(self, batch: FlushBatch) -> IntArray:
         names, tags = batch.names, batch.tags
-        cached = self._last_names
-        if cached is not None and cached[0] == names and cached[1] == tags:
-            return cached[2]
+        cached = self._last_ids
+        if cached is not None and len(cached) == len(names) and self._index.same_keys(cached, names, tags):
+            return cached  # the usual case: the same series as the previous flush
         point_ids = self._index.point_ids
+        hashes = hash_keys(names, tags)
         if point_ids:
-            get = point_ids.get
-            ids = np.fromiter(
-                (get(key, -1) for key in zip(names, tags, strict=True)), dtype=np.int64, count=len(names)
-            )
+            ids = point_ids.find(hashes, names, tags)
             missing = np.flatnonzero(ids < 0)
         else:  # a fresh index: everything is new
             ids = np.full(len(names), -1, dtype=np.int64)
@@ -363,59 +362,64 @@ class TSDB:
         if len(missing):
             if len(missing) == len(names):
                 new_names, new_tags = list(names), list(tags)
+                new_hashes = hashes
                 kinds = _rollup_kinds(batch.rollups)
             else:
                 where = missing.tolist()
                 new_names = [names[i] for i in where]
                 new_tags = [tags[i] for i in where]
+                new_hashes = hashes[missing]
                 rollups = batch.rollups
                 kinds = _rollup_kinds([rollups[i] for i in where])
             first = len(self._index)
-            # One pass builds the ids the new series get (in order of first appearance) and
-            # finds duplicates within the batch (the first one's rollup wins).
-            keys = zip(new_names, new_tags, strict=True)
-            fresh = dict(zip(keys, range(first, first + len(missing)), strict=True))
-            if len(fresh) == len(missing):
-                self._register(new_names, new_tags, kinds, fresh)
+            if distinct(new_hashes):  # then the series are distinct too
+                self._register(new_names, new_tags, kinds, new_hashes)
                 ids[missing] = np.arange(first, first + len(missing))
             else:
-                keep = dict.fromkeys(zip(new_names, new_tags, strict=True), -1)
+                # Duplicates within the batch (or merely equal hashes): the first one's rollup wins.
+                keep: dict[tuple[str, Tags], int] = {}
                 for i, key in enumerate(zip(new_names, new_tags, strict=True)):
-                    if keep[key] < 0:
-                        keep[key] = i
+                    keep.setdefault(key, i)
                 rows = list(keep.values())
                 self._register([new_names[i] for i in rows], [new_tags[i] for i in rows], kinds[rows])
-                ids[missing] = [point_ids[key] for key in zip(new_names, new_tags, strict=True)]
-        self._last_names = (names, tags, ids)
+                ids[missing] = point_ids.find(new_hashes, new_names, new_tags)
+        # Only the ids: the keys are checked against the index's own columns next time, so the
+        # previous batch's names (a string per stored series) need not stay alive.
+        self._last_ids = ids
         return ids
 
     def _sketch_ids(self, sketches: tuple[SketchPoint, ...]) -> IntArray:
         if not sketches:
             return np.zeros(0, dtype=np.int64)
         known = self._index.sketch_ids
-        keys = [(p.name, p.tags) for p in sketches]
-        missing = [key for key in keys if key not in known]
-        if missing:
-            new = list(dict.fromkeys(missing))
+        names = [p.name for p in sketches]
+        tags = [p.tags for p in sketches]
+        hashes = hash_keys(names, tags)
+        ids = known.find(hashes, names, tags)
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            where = missing.tolist()
+            new = list(dict.fromkeys(zip([names[i] for i in where], [tags[i] for i in where], strict=True)))
             self._register(
                 [name for name, _ in new],
                 [tags for _, tags in new],
                 np.full(len(new), _index.SKETCH_KIND, dtype=np.uint8),
             )
-            known = self._index.sketch_ids
-        return np.fromiter(map(known.__getitem__, keys), dtype=np.int64, count=len(keys))
+            ids[missing] = known.find(hashes[missing], [names[i] for i in where], [tags[i] for i in where])
+        return ids
 
     def _register(
         self,
         names: list[str],
         tags: list[Tags],
         kinds: npt.NDArray[np.uint8],
-        fresh: dict[tuple[str, Tags], int] | None = None,
+        point_hashes: IntArray | None = None,
     ) -> None:
         """Append new series (and new retention groups) to the index, durably.
 
         ``names``/``tags``/``kinds`` are columns of distinct series the index does not hold;
-        ``fresh``, when given, is their ``(name, tags) -> id`` mapping, already built.
+        ``point_hashes``, when given, says they are all point series and are their
+        :func:`~._keytable.hash_keys`, already computed.
         """
         index = self._index
         payloads: list[bytes] = []
@@ -423,7 +427,7 @@ class TSDB:
         first = len(index)
         payloads.append(_index.encode_series(first, names, tags, kinds, gids))
         self._append_index(payloads, applied=len(payloads) - 1)
-        index.add_series(names, tags, kinds, gids, fresh=fresh)
+        index.add_series(names, tags, kinds, gids, new_point_hashes=point_hashes)
 
     def _group_ids(self, names: list[str], payloads: list[bytes]) -> IntArray:
         """The retention group of each new series; records for new groups go to ``payloads``."""
