@@ -19,7 +19,8 @@ machine, over a socketpair nobody else holds.
 
 The loop waits in ``poll`` on both sockets and reads up to :data:`DRAIN_LIMIT` datagrams per
 wakeup with non-blocking ``recv_into`` (measured fastest here: see the README's performance
-section), then feeds them to a :class:`~statsyard_agent._ingest.PreAggregator`. SIGINT and SIGTERM
+section), then feeds them as one batch to a :class:`~statsyard_agent._ingest.PreAggregator`
+(``feed_many``: vectorised with numpy for lines of known series). SIGINT and SIGTERM
 are ignored: a terminal's Ctrl-C or systemd's SIGTERM to the whole group reaches the agent, which
 asks each worker to ship what it holds and quit.
 """
@@ -35,6 +36,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +50,9 @@ QUIT = b"Q"
 LIVE_FIELDS = 3
 LIVE_BYTES = 8 * LIVE_FIELDS
 DRAIN_LIMIT = 512
+#: A batch is processed once it holds this many lines, or GATHER_SECONDS after its first read.
+GATHER_LINES = 4096
+GATHER_SECONDS = 0.01
 MAX_DATAGRAM = 65535
 
 
@@ -94,9 +99,16 @@ class Receiver:
         self._received = [0, 0, 0]
         self._shipped = [0, 0, 0]
         self._receive_errors = 0
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
 
-    def drain(self, limit: int = DRAIN_LIMIT) -> int:
+    def drain(self, limit: int = DRAIN_LIMIT, gather: float = GATHER_SECONDS) -> int:
         """Read and pre-aggregate up to ``limit`` queued datagrams; return how many.
+
+        While fewer than :data:`GATHER_LINES` lines have come, it waits up to ``gather`` seconds
+        for more before processing them: the vectorised path costs a fixed ~0.4 ms per batch and
+        wins over the per-line path from ~600 lines on (README, performance), so a worker under
+        load works on large batches, and one under light load answers within ``gather``.
 
         Each datagram is published in the live counters right after it is read, before the
         next read and before any of the batch is processed, so a worker killed at any point
@@ -108,13 +120,22 @@ class Receiver:
         view = memoryview(buffer)
         live = self._live
         received = self._received
+        lines_before = received[2]
         batch: list[bytes] = []
         append = batch.append
-        for _ in range(limit):
+        deadline = 0.0
+        while len(batch) < limit:
             try:
                 size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
-                break
+                if gather <= 0.0 or received[2] - lines_before >= GATHER_LINES:
+                    break
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + gather
+                if now >= deadline or not self._readable.poll(1000.0 * (deadline - now)):
+                    break
+                continue
             except OSError:
                 self._receive_errors += 1
                 break
@@ -124,9 +145,7 @@ class Receiver:
             received[2] += count_lines(datagram)
             live[0], live[1], live[2] = received
             append(datagram)
-        feed = self._preagg.feed
-        for datagram in batch:
-            feed(datagram)
+        self._preagg.feed_many(batch)
         return len(batch)
 
     def ship(self) -> bytes:
@@ -166,7 +185,7 @@ class Receiver:
                 if not command:
                     return
                 if command == QUIT:
-                    while self.drain():
+                    while self.drain(gather=0.0):
                         pass
                     send_frame(ctrl, self.ship())
                     return

@@ -105,6 +105,16 @@ class AgentState:
         ingest.bytes += len(data)
         self.preagg.feed(data)
 
+    def handle_datagrams(self, datagrams: list[bytes]) -> None:
+        """:meth:`handle_datagram` for each of ``datagrams``, in order, as one batch (vectorised)."""
+        if self.relay is not None:
+            for data in datagrams:
+                self.relay(data)
+        ingest = self.ingest
+        ingest.packets += len(datagrams)
+        ingest.bytes += sum(map(len, datagrams))
+        self.preagg.feed_many(datagrams)
+
     def merge_preaggregated(self) -> None:
         """Fold what the receive path pre-aggregated into the aggregator's open interval."""
         if self.preagg.pending:

@@ -89,9 +89,9 @@ def drain_socket(state: AgentState, sock: socket.socket, buffer: bytearray,
                  limit: int = _DRAIN_LIMIT) -> int:
     """Handle up to ``limit`` queued datagrams without blocking; return how many were read."""
     view = memoryview(buffer)
-    handle = state.handle_datagram
-    count = 0
-    while count < limit:
+    batch: list[bytes] = []
+    append = batch.append
+    while len(batch) < limit:
         try:
             size = sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
@@ -99,9 +99,10 @@ def drain_socket(state: AgentState, sock: socket.socket, buffer: bytearray,
         except OSError:
             state.ingest.receive_errors += 1
             break
-        count += 1
-        handle(bytes(view[:size]))
-    return count
+        append(bytes(view[:size]))
+    if batch:
+        state.handle_datagrams(batch)
+    return len(batch)
 
 
 async def run_udp_listener(state: AgentState, sock: socket.socket) -> None:

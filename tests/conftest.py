@@ -115,13 +115,15 @@ async def wait_for(predicate: Callable[[], bool], seconds: float,
     """Poll ``predicate`` until true; fail with a description after ``seconds``.
 
     Polling is deliberate: the conditions (datagrams the kernel delivers, counters a thread bumps)
-    have no event to wait on; the deadline is what keeps this honest.
+    have no event to wait on; the deadline is what keeps this honest. The deadline is in real
+    time: under a test's autojump MockClock, virtual time races ahead while a worker thread (disk
+    IO, say) is busy, and a virtual deadline would fail a loaded machine's slow but correct run.
     """
-    with trio.move_on_after(seconds):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"condition not met within {seconds} s: {describe()}")
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {seconds} s: {describe()}")
+        await trio.sleep(0.01)
 
 
 def wait_for_blocking(predicate: Callable[[], bool], timeout: float, what: str) -> None:

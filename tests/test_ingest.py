@@ -8,12 +8,14 @@ import math
 import pickle
 from array import array
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from statsyard_agent import _ingest
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig, Partial, build_flush_batch
 from statsyard_agent._ingest import EVICT_AFTER_TAKES, PreAggregator, SimpleCounts
 from statsyard_agent._protocol import Parser, ParserConfig
@@ -59,16 +61,30 @@ def preaggregated(
     takes: int = 1,
     via_pickle: bool = False,
     evict_after: int = EVICT_AFTER_TAKES,
+    batch: int = 0,
 ) -> tuple[Points, SimpleCounts, Aggregator]:
-    """The same through the pre-aggregator, merged ``takes`` times in the interval."""
+    """The same through the pre-aggregator, merged ``takes`` times in the interval; with
+    ``batch``, ``batch`` datagrams at a time through the vectorised ``feed_many`` (forced even
+    for a few lines)."""
     counts, aggregator = SimpleCounts(), Aggregator(config)
     preagg = PreAggregator(Parser(parser_config), counts, config.max_series, evict_after)
     every = max(1, math.ceil(len(datagrams) / takes))
-    for i, datagram in enumerate(datagrams):
-        preagg.feed(datagram)
-        if (i + 1) % every == 0:
-            partial = preagg.take()
-            aggregator.merge(pickle.loads(pickle.dumps(partial)) if via_pickle else partial)
+    pending: list[bytes] = []
+    with mock.patch.object(_ingest, "VECTOR_MIN_LINES", 0):
+        for i, datagram in enumerate(datagrams):
+            if batch:
+                pending.append(datagram)
+                if len(pending) == batch:
+                    preagg.feed_many(pending)
+                    pending = []
+            else:
+                preagg.feed(datagram)
+            if (i + 1) % every == 0:
+                preagg.feed_many(pending)
+                pending = []
+                partial = preagg.take()
+                aggregator.merge(pickle.loads(pickle.dumps(partial)) if via_pickle else partial)
+        preagg.feed_many(pending)
     aggregator.merge(preagg.take())
     return points(build_flush_batch(aggregator.take_snapshot(100, 10.0))), counts, aggregator
 
@@ -114,10 +130,11 @@ EDGE_DATAGRAMS = [
 
 @pytest.mark.parametrize("datagram", EDGE_DATAGRAMS)
 @pytest.mark.parametrize("takes", [1, 3])
-def test_edge_lines_match_the_parser_and_aggregator(datagram: bytes, takes: int) -> None:
-    datagrams = [datagram, datagram, datagram]  # the second and third time on the fast path
+@pytest.mark.parametrize("batch", [0, 1, 2, 6])
+def test_edge_lines_match_the_parser_and_aggregator(datagram: bytes, takes: int, batch: int) -> None:
+    datagrams = [datagram] * 6  # after the first time on the fast path (batch: vectorised)
     want, want_counts, _ = reference(datagrams)
-    got, got_counts, _ = preaggregated(datagrams, takes=takes)
+    got, got_counts, _ = preaggregated(datagrams, takes=takes, batch=batch)
     same_counts(got_counts, want_counts)
     same_points(got, want)
 
@@ -213,20 +230,31 @@ def _line(draw: st.DrawFn) -> bytes:
 _datagrams = st.lists(st.lists(_line(), min_size=1, max_size=8).map(b"\n".join), min_size=1, max_size=12)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     datagrams=_datagrams,
     takes=st.integers(1, 12),
     via_pickle=st.booleans(),
     evict_after=st.integers(1, 3),
+    batch=st.sampled_from([0, 1, 3, 50]),
+    segment_limit=st.sampled_from([0, 2, 1000]),
+    repeats=st.integers(1, 3),
 )
 def test_any_traffic_gives_what_parse_and_add_give(
-    datagrams: list[bytes], takes: int, via_pickle: bool, evict_after: int
+    datagrams: list[bytes],
+    takes: int,
+    via_pickle: bool,
+    evict_after: int,
+    batch: int,
+    segment_limit: int,
+    repeats: int,
 ) -> None:
+    datagrams = datagrams * repeats  # repeated keys take the fast (and vectorised) paths
     want, want_counts, want_agg = reference(datagrams)
-    got, got_counts, got_agg = preaggregated(
-        datagrams, takes=takes, via_pickle=via_pickle, evict_after=evict_after
-    )
+    with mock.patch.object(_ingest, "SEGMENT_LIMIT", segment_limit):
+        got, got_counts, got_agg = preaggregated(
+            datagrams, takes=takes, via_pickle=via_pickle, evict_after=evict_after, batch=batch
+        )
     same_counts(got_counts, want_counts)
     same_points(got, want)
     assert got_agg.active_series == want_agg.active_series
