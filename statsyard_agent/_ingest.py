@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import collections
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from math import copysign
 from typing import Any, Final, Protocol
 
@@ -55,7 +56,7 @@ from ._exceptions import ParseError
 from ._protocol import CACHE_MAX_ENTRIES, Parser, _parse_value
 from ._types import Event, Metric, MetricKind, ServiceCheck
 
-__all__ = ["ParseCounts", "PreAggregator", "SimpleCounts"]
+__all__ = ["ParseCounts", "PreAggregator", "Shipment", "SimpleCounts"]
 
 _COUNTER: Final = 0
 _GAUGE: Final = 1
@@ -102,6 +103,7 @@ MAX_SLOTS: Final = 1 << _SLOT_BITS
 _Spec = tuple[MetricKind, SeriesKey, float]
 Int64s = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+_TRUE: Final = np.array([True])
 
 
 class ParseCounts(Protocol):
@@ -125,6 +127,74 @@ class SimpleCounts:
         self.events = 0
         self.service_checks = 0
         self.parse_errors: collections.Counter[str] = collections.Counter()
+
+
+def _no_slots() -> Int64s:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _no_values() -> Floats:
+    return np.zeros(0)
+
+
+def _no_bounds() -> Int64s:
+    return np.zeros(1, dtype=np.int64)
+
+
+@dataclass(eq=False, slots=True)
+class Shipment:
+    """A :class:`~statsyard_agent._aggregate.Partial` by slot number: numpy columns, so a
+    receive worker's take and pickle cost no Python work per series (measured: 70 ms a second
+    of a worker at 600k lines/s as dicts of keys, which stalled its socket). Series keys travel
+    once per slot, in ``new_keys``; the receiver keeps them (``slot -> key``) and calls
+    :meth:`partial`.
+
+    ``sample_values`` holds every sample grouped by slot: slot ``sample_slots[i]``'s are
+    ``sample_values[sample_bounds[i]:sample_bounds[i + 1]]``, in arrival order.
+    """
+
+    counter_slots: Int64s = field(default_factory=_no_slots)
+    counter_totals: Floats = field(default_factory=_no_values)
+    gauge_slots: Int64s = field(default_factory=_no_slots)
+    gauge_absolute: Floats = field(default_factory=_no_values)
+    gauge_values: Floats = field(default_factory=_no_values)
+    sample_slots: Int64s = field(default_factory=_no_slots)
+    sample_bounds: Int64s = field(default_factory=_no_bounds)
+    sample_values: Floats = field(default_factory=_no_values)
+    sets: dict[int, set[str]] = field(default_factory=dict)
+    new_keys: dict[int, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    service_checks: list[ServiceCheck] = field(default_factory=list)
+    refused: int = 0
+    refused_keys: set[tuple[str, SeriesKey]] = field(default_factory=set)
+
+    def partial(self, key_of: Callable[[int], Any]) -> Partial:
+        """The partial, given each slot's key (``key_of(slot)``)."""
+        partial = Partial(
+            events=self.events,
+            service_checks=self.service_checks,
+            refused=self.refused,
+            refused_keys=self.refused_keys,
+        )
+        partial.counters.update(
+            zip(map(key_of, self.counter_slots.tolist()), self.counter_totals.tolist(), strict=True)
+        )
+        partial.gauges.update(
+            zip(
+                map(key_of, self.gauge_slots.tolist()),
+                zip(self.gauge_absolute.tolist(), self.gauge_values.tolist(), strict=True),
+                strict=True,
+            )
+        )
+        bounds = self.sample_bounds.tolist()
+        values = self.sample_values
+        samples = partial.samples
+        for slot, start, end in zip(self.sample_slots.tolist(), bounds, bounds[1:], strict=False):
+            run = array("d")
+            run.frombytes(values[start:end].tobytes())
+            samples[key_of(slot)] = run
+        partial.sets.update((key_of(slot), members) for slot, members in self.sets.items())
+        return partial
 
 
 class PreAggregator:
@@ -155,6 +225,7 @@ class PreAggregator:
         "_acc0_v",
         "_acc1",
         "_acc1_v",
+        "_announced",
         "_bound",
         "_chunks",
         "_code",
@@ -205,7 +276,7 @@ class PreAggregator:
         self._values: dict[bytes, float] = {}
         self._bound: dict[tuple[bytes, bytes], int] = {}
         self._hashed = _scan.HashTable(16_384)
-        self._seen = _scan.HashTable(2 * SEEN_MAX_ENTRIES)  # (slot, member) pairs of sets added this interval
+        self._seen = _scan.HashTable(2 * SEEN_MAX_ENTRIES)  # (slot, member) pairs added since the last flush
         # Columns: np.zeros maps its pages lazily, so capacity for max_series costs RSS only as
         # slots are used (and the arrays never move, so the memoryviews stay valid).
         capacity = max(self._max_series, 1)
@@ -215,6 +286,7 @@ class PreAggregator:
         self._gen = np.zeros(capacity, dtype=np.int64)
         self._idle = np.zeros(capacity, dtype=np.int32)
         self._live = np.zeros(capacity, dtype=np.bool_)
+        self._announced = np.zeros(capacity, dtype=np.bool_)  # key shipped since the slot was made
         # Item views for the per-line path (typed Any: typeshed's memoryview sets ints only).
         self._code_v: Any = memoryview(self._code)  # type: ignore[arg-type]
         self._acc0_v: Any = memoryview(self._acc0)  # type: ignore[arg-type]
@@ -241,8 +313,6 @@ class PreAggregator:
         self._refused = 0
         self._refused_keys: set[tuple[str, SeriesKey]] = set()
         self._fed = 0
-        if self._seen.size:
-            self._seen.clear()
 
     @property
     def pending(self) -> int:
@@ -255,94 +325,101 @@ class PreAggregator:
         """Slots held (touched this interval, or idle for fewer than ``evict_after`` takes)."""
         return self._n_slots
 
-    def take(self) -> Partial:
+    def take(self, flush: bool = True) -> Partial:
         """Hand over the interval's data (the caller owns it) and start a new interval.
 
-        O(slots held) when anything was fed since the last take, O(1) otherwise.
+        O(slots held) when anything was fed since the last take, O(1) otherwise. ``flush``:
+        the receiver flushes what it merged next, so set members seen again must be handed
+        over again (until then, a member already handed over is not repeated).
         """
-        partial = Partial(
+        return self.take_shipment(flush).partial(self._keys.__getitem__)
+
+    def take_shipment(self, flush: bool = True) -> Shipment:
+        """:meth:`take`, by slot number (what a receive worker ships: see :class:`Shipment`)."""
+        if flush and self._seen.size:
+            self._seen.clear()
+        shipment = Shipment(
             events=self._events,
             service_checks=self._service_checks,
             refused=self._refused,
             refused_keys=self._refused_keys,
         )
         if self._fed:
-            self._take_slots(partial)
+            self._take_slots(shipment)
         self._new_interval()
-        return partial
+        return shipment
 
-    def _take_slots(self, partial: Partial) -> None:
+    def _take_slots(self, shipment: Shipment) -> None:
         slots = np.flatnonzero(self._live[: self._high])
         code = self._code[slots]
         idle = self._idle
-        keys = self._keys
         acc0, acc1 = self._acc0, self._acc1
 
         counters = slots[code == _COUNTER]
         totals = acc0[counters]
         touched = ~((totals == 0.0) & np.signbit(totals))
-        shipped = counters[touched]
-        partial.counters.update(
-            zip(map(keys.__getitem__, shipped.tolist()), totals[touched].tolist(), strict=True)
-        )
-        acc0[shipped] = -0.0
-        idle[shipped] = 0
-        idle[counters[~touched]] += 1
+        shipment.counter_slots = shipped_counters = counters[touched]
+        shipment.counter_totals = totals[touched]
+        acc0[shipped_counters] = -0.0
+        idle[counters] += 1
+        idle[shipped_counters] = 0
 
         gauges = slots[code == _GAUGE]
         absolute, value = acc0[gauges], acc1[gauges]
         touched = (absolute != 0.0) | (value != 0.0) | ~np.signbit(value)
-        shipped = gauges[touched]
-        partial.gauges.update(
-            zip(
-                map(keys.__getitem__, shipped.tolist()),
-                zip(absolute[touched].tolist(), value[touched].tolist(), strict=True),
-                strict=True,
-            )
-        )
-        acc0[shipped] = 0.0
-        acc1[shipped] = -0.0
-        idle[shipped] = 0
-        idle[gauges[~touched]] += 1
+        shipment.gauge_slots = shipped_gauges = gauges[touched]
+        shipment.gauge_absolute = absolute[touched]
+        shipment.gauge_values = value[touched]
+        acc0[shipped_gauges] = 0.0
+        acc1[shipped_gauges] = -0.0
+        idle[gauges] += 1
+        idle[shipped_gauges] = 0
 
-        samples = slots[code == _SAMPLES]
-        shipped = self._take_samples(partial)
-        idle[samples] += 1
-        idle[shipped] = 0
+        idle[slots[code == _SAMPLES]] += 1
+        self._take_samples(shipment)
+        idle[shipment.sample_slots] = 0
 
         members = self._members
         for slot in slots[code == _SET].tolist():
             held = members[slot]
             if held:
-                partial.sets[keys[slot]] = held
+                shipment.sets[slot] = held
                 members[slot] = set()
                 idle[slot] = 0
             else:
                 idle[slot] += 1
 
+        # Keys go over the wire once per slot (again only when a slot is reused).
+        shipped = np.concatenate(
+            [
+                shipped_counters,
+                shipped_gauges,
+                shipment.sample_slots,
+                np.fromiter(shipment.sets, dtype=np.int64, count=len(shipment.sets)),
+            ]
+        )
+        new = shipped[~self._announced[shipped]]
+        self._announced[new] = True
+        keys = self._keys
+        shipment.new_keys = {slot: keys[slot] for slot in new.tolist()}
+
         for slot in slots[idle[slots] >= self._evict_after].tolist():
             self._evict(slot)
 
-    def _take_samples(self, partial: Partial) -> Int64s:
-        """Ship the interval's samples per slot, in arrival order; return the slots shipped."""
+    def _take_samples(self, shipment: Shipment) -> None:
+        """The interval's samples grouped by slot, in arrival order within a slot."""
         self._seal_samples()
         chunks, self._chunks = self._chunks, []
         if not chunks:
-            return np.zeros(0, dtype=np.int64)
+            return
         slots = np.concatenate([chunk[0] for chunk in chunks])
         values = np.concatenate([chunk[1] for chunk in chunks])
         order = np.argsort(slots, kind="stable")
-        slots, values = slots[order], values[order]
+        slots = slots[order]
         starts = np.flatnonzero(np.diff(slots, prepend=-1))
-        ends = np.append(starts[1:], len(slots))
-        shipped = slots[starts]
-        keys = self._keys
-        samples = partial.samples
-        for slot, start, end in zip(shipped.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            run = array("d")
-            run.frombytes(values[start:end].tobytes())
-            samples[keys[slot]] = run
-        return shipped
+        shipment.sample_slots = slots[starts]
+        shipment.sample_bounds = np.append(starts, len(slots))
+        shipment.sample_values = values[order]
 
     def _seal_samples(self) -> None:
         """Close the per-line path's sample buffer as a chunk (keeps arrival order)."""
@@ -451,14 +528,14 @@ class PreAggregator:
         buf = np.frombuffer(padded, dtype=np.uint8)
         words = _scan.word_view(padded)
         lines = _scan.locate_lines(buf[:size])
-        rows = np.flatnonzero(lines.keyed & (lines.end - lines.start <= self._max_line))
+        rows = (lines.keyed & (lines.end - lines.start <= self._max_line)).nonzero()[0]
         hashes = _scan.key_hashes(words, lines, rows)
         handles = self._hashed.lookup(hashes)
         known = handles >= 0
         slot = np.where(known, handles & _SLOT_MASK, 0)
         hit = known & (self._gen[slot] == handles >> _GEN_SHIFT)
         code = self._code[slot]
-        numeric = np.flatnonzero(hit & (code != _SET))
+        numeric = (hit & (code != _SET)).nonzero()[0]
         values = _scan.parse_values(buf, words, lines.colon[rows[numeric]] + 1, lines.pipe[rows[numeric]])
         vector = numeric[values.ok]
         # Lines left to the per-line path: in order with the vectorised ones, but for lines of
@@ -466,7 +543,7 @@ class PreAggregator:
         by_line = np.zeros(len(lines.start), dtype=np.bool_)
         by_line[rows[vector]] = True
         by_line[rows[hit & (code == _SET)]] = True
-        in_order = np.flatnonzero(~by_line & (lines.end > lines.start))
+        in_order = (~by_line & (lines.end > lines.start)).nonzero()[0]
         set_rows = rows[hit & (code == _SET)]
         starts, ends = lines.start, lines.end
         if len(in_order) > SEGMENT_LIMIT:
@@ -477,7 +554,7 @@ class PreAggregator:
             vector_handle = handles[vector]
             vector_value = values.value[values.ok]
             vector_signed = values.signed[values.ok]
-            cuts = np.searchsorted(vector_lines, in_order).tolist()
+            cuts = vector_lines.searchsorted(in_order).tolist()
             begin = 0
             for line, cut in zip(in_order.tolist(), cuts, strict=True):
                 self._apply(
@@ -500,11 +577,12 @@ class PreAggregator:
         self, joined: bytes, lines: _scan.Lines, words: _scan.WordView, rows: Int64s, slots: Int64s
     ) -> None:
         """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.
-        A (slot, member) pair already added this interval (:attr:`_seen`, by hash) costs no
+        A (slot, member) pair already added since the last flush (:attr:`_seen`, by hash; the
+        slot's generation takes part, so a slot reused for another series starts afresh) costs no
         Python work; each new pair is decoded and added once."""
         if not len(rows):
             return
-        hashes = _scan.member_hashes(words, lines, rows, slots)
+        hashes = _scan.member_hashes(words, lines, rows, slots | self._gen[slots] << _GEN_SHIFT)
         new = self._seen.lookup(hashes) < 0
         unique, first, inverse = np.unique(hashes[new], return_index=True, return_inverse=True)
         members = self._members
@@ -542,36 +620,36 @@ class PreAggregator:
         code = self._code[slot]
         factor = self._factors[(handle >> _FACTOR_SHIFT) & _FACTOR_MASK]
         counter = code == _COUNTER
-        if counter.any():
+        if np.count_nonzero(counter):
             np.add.at(self._acc0, slot[counter], value[counter] * factor[counter])
         samples = code == _SAMPLES
-        if samples.any():
+        if np.count_nonzero(samples):
             self._seal_samples()
             self._chunks.append((slot[samples], value[samples]))
         gauge = code == _GAUGE
-        if gauge.any():
+        if np.count_nonzero(gauge):
             self._apply_gauges(slot[gauge], value[gauge], signed[gauge] & (factor[gauge] != 0.0))
 
     def _apply_gauges(self, slot: Int64s, value: Floats, delta: npt.NDArray[np.bool_]) -> None:
         """Gauge lines in order: the last absolute value of a slot wins, then the deltas after it add
         up (in order); deltas of a slot without an absolute value add to what it holds."""
         acc0, acc1 = self._acc0, self._acc1
-        absolute = np.flatnonzero(~delta)
+        absolute = (~delta).nonzero()[0]
         if not len(absolute):
             np.add.at(acc1, slot, value)
             return
-        order = np.argsort(slot[absolute], kind="stable")
+        order = slot[absolute].argsort(kind="stable")
         ordered = absolute[order]
         ordered_slots = slot[ordered]
-        last = np.append(ordered_slots[1:] != ordered_slots[:-1], True)
+        last = np.concatenate((ordered_slots[1:] != ordered_slots[:-1], _TRUE))
         set_slots = ordered_slots[last]
         set_at = ordered[last]
         acc0[set_slots] = 1.0
         acc1[set_slots] = value[set_at]
-        deltas = np.flatnonzero(delta)
+        deltas = delta.nonzero()[0]
         if len(deltas):
             delta_slots = slot[deltas]
-            k = np.minimum(np.searchsorted(set_slots, delta_slots), len(set_slots) - 1)
+            k = np.minimum(set_slots.searchsorted(delta_slots), len(set_slots) - 1)
             after = (set_slots[k] != delta_slots) | (deltas > set_at[k])
             np.add.at(acc1, delta_slots[after], value[deltas[after]])
 
@@ -795,6 +873,7 @@ class PreAggregator:
         self._slots_of[slot_key] = slot
         self._n_slots += 1
         self._live[slot] = True
+        self._announced[slot] = False
         self._code[slot] = code
         self._acc0[slot] = -0.0 if code == _COUNTER else 0.0
         self._acc1[slot] = -0.0

@@ -7,9 +7,12 @@ LIVE_FD``; the three descriptors are inherited:
   the kernel while a worker restarts, and a new worker reads the same queue);
 * ``CTRL_FD``: a stream socket to the agent. The agent first sends one frame with the parser
   configuration and the series cap; the worker answers ``("ready", pid)``. Then the agent sends
-  one-byte commands: ``S`` (ship) is answered with one frame ``(report, partial)`` holding
-  everything aggregated since the previous ship; ``Q`` (quit) first reads every datagram already
-  queued on the socket, ships, and exits. End of file on it (the agent is gone) exits at once.
+  one-byte commands: ``S`` (ship) is answered with one frame ``(report, shipment)`` holding
+  everything aggregated since the previous ship (a :class:`~statsyard_agent._ingest.Shipment`:
+  numpy columns by slot, each series key sent once); ``F`` is ``S`` before a flush (set members
+  are sent again after it); ``Q`` (quit) first reads every datagram already queued on the
+  socket, ships, and exits. End of file on it (the agent is gone) exits at once. Frames are
+  sent from a thread (:class:`FrameSender`), so a slow reader never stalls reception.
 * ``LIVE_FD``: a shared memory page where the worker keeps :data:`LIVE_FIELDS` running totals
   (datagrams, bytes, lines) of what it has *received*, written before a batch is processed, so
   the agent can count what a killed worker took with it (received minus shipped).
@@ -31,11 +34,13 @@ import gc
 import mmap
 import os
 import pickle
+import queue
 import select
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +50,7 @@ from ._protocol import Parser, ParserConfig
 
 FRAME_HEADER = struct.Struct("<Q")
 SHIP = b"S"
+FLUSH = b"F"  # ship; the agent flushes next
 QUIT = b"Q"
 #: datagrams, bytes, lines received (lines: newline-separated, a trailing newline not counted)
 LIVE_FIELDS = 3
@@ -119,8 +125,8 @@ class Receiver:
         buffer = self._buffer
         view = memoryview(buffer)
         live = self._live
-        received = self._received
-        lines_before = received[2]
+        datagrams, size_sum, lines = received = self._received
+        lines_before = lines
         batch: list[bytes] = []
         append = batch.append
         deadline = 0.0
@@ -128,7 +134,7 @@ class Receiver:
             try:
                 size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
-                if gather <= 0.0 or received[2] - lines_before >= GATHER_LINES:
+                if gather <= 0.0 or lines - lines_before >= GATHER_LINES:
                     break
                 now = time.monotonic()
                 if not deadline:
@@ -140,16 +146,21 @@ class Receiver:
                 self._receive_errors += 1
                 break
             datagram = bytes(view[:size])
-            received[0] += 1
-            received[1] += size
-            received[2] += count_lines(datagram)
-            live[0], live[1], live[2] = received
+            datagrams += 1
+            size_sum += size
+            if size:  # count_lines(), inlined (this loop runs per datagram)
+                lines += datagram.count(b"\n") + (datagram[-1] != 10)
+            live[0] = datagrams
+            live[1] = size_sum
+            live[2] = lines
             append(datagram)
+        received[0], received[1], received[2] = datagrams, size_sum, lines
         self._preagg.feed_many(batch)
         return len(batch)
 
-    def ship(self) -> bytes:
-        """Everything since the previous ship, as one frame payload."""
+    def ship(self, flush: bool = True) -> bytes:
+        """Everything since the previous ship, as one frame payload (``flush``: see
+        :meth:`PreAggregator.take`)."""
         counts = self._counts
         received, shipped = self._received, self._shipped
         report: dict[str, Any] = {
@@ -163,7 +174,7 @@ class Receiver:
             "parse_errors": dict(counts.parse_errors),
             "receive_errors": self._receive_errors,
         }
-        payload = pickle.dumps((report, self._preagg.take()), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((report, self._preagg.take_shipment(flush)), protocol=pickle.HIGHEST_PROTOCOL)
         self._shipped = list(received)
         counts.lines = counts.metrics = counts.events = counts.service_checks = 0
         counts.parse_errors.clear()
@@ -176,6 +187,7 @@ class Receiver:
         poller.register(self._sock, select.POLLIN)
         poller.register(ctrl, select.POLLIN)
         ctrl_fd = ctrl.fileno()
+        sender = FrameSender(ctrl)
         while True:
             for fd, _ in poller.poll():
                 if fd != ctrl_fd:
@@ -187,11 +199,50 @@ class Receiver:
                 if command == QUIT:
                     while self.drain(gather=0.0):
                         pass
-                    send_frame(ctrl, self.ship())
+                    sender.send(self.ship())
+                    sender.close()
                     return
-                send_frame(ctrl, self.ship())
+                sender.send(self.ship(flush=command == FLUSH))
                 gc.collect(1)  # the slots are long-lived: keep full collections off them
                 gc.freeze()  # (see _flush.freeze_long_lived)
+
+
+class FrameSender:
+    """Sends frames to the agent from a thread of its own.
+
+    A partial is a few MB at a high rate, and the agent reads it when its event loop gets to it
+    (after a flush's merge, say): sent from the receive loop, a blocked ``sendall`` would leave
+    the socket unread that long, and the kernel drops what overflows its buffer (seen here as
+    drops once a second at 1.2M lines/s). The agent asks for one frame at a time, so at most
+    one frame waits here.
+    """
+
+    def __init__(self, ctrl: socket.socket) -> None:
+        self._ctrl = ctrl
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="frame-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (payload := self._queue.get()) is not None:
+            try:
+                send_frame(self._ctrl, payload)
+            except OSError as exc:  # the agent went away: the next send or close says so
+                self._error = exc
+                return
+
+    def send(self, payload: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(payload)
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def main(argv: Sequence[str]) -> int:

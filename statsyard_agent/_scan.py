@@ -89,22 +89,27 @@ class Lines:
 def locate_lines(buf: npt.NDArray[np.uint8]) -> Lines:
     """Lines of ``buf``, which must end with a newline."""
     size = len(buf)
-    end = np.flatnonzero(buf == 10)
+    end = (buf == 10).nonzero()[0]
     start = np.empty_like(end)
     start[:1] = 0
     start[1:] = end[:-1] + 1
-    colons = np.flatnonzero(buf == 58)
-    colon = np.append(colons, size)[np.searchsorted(colons, start)]
-    pipes = np.flatnonzero(buf == 124)
-    after_colon = np.searchsorted(pipes, colon)
-    after_start = np.searchsorted(pipes, start)
-    pipe = np.append(pipes, size)[after_colon]
+    # (Array methods and ufuncs rather than numpy's Python-level wrappers: this runs per batch.)
+    sentinel = np.array([size])
+    colons = (buf == 58).nonzero()[0]
+    colon = np.concatenate((colons, sentinel))[colons.searchsorted(start)]
+    pipes = (buf == 124).nonzero()[0]
+    after_colon = pipes.searchsorted(colon)
+    after_start = pipes.searchsorted(start)
+    pipe = np.concatenate((pipes, sentinel))[after_colon]
     keyed = (pipe < end) & (after_colon == after_start)
     return Lines(start, end, colon, pipe, keyed)
 
 
 def _span_hashes(words: WordView, first: Int64s, length: Int64s, seed: UInt64s) -> UInt64s:
-    hashes = seed ^ (length.astype(np.uint64) * _M3)
+    # The length is mixed in before the words, so spans split differently never line up
+    # ("" + "\0" and "\0" + "": without the mixing step they hashed alike).
+    mixed = (seed ^ length.astype(np.uint64)) * _M3
+    hashes = mixed ^ (mixed >> _S29)
     word_counts = (length + 7) >> 3
     last = len(words) - 1
     j = 0
@@ -115,12 +120,12 @@ def _span_hashes(words: WordView, first: Int64s, length: Int64s, seed: UInt64s) 
         n_active = int(np.count_nonzero(active))
         if not n_active or 2 * n_active < len(active):
             break
-        left = np.clip(length - 8 * j, 0, 8)
+        left = np.minimum(np.maximum(length - 8 * j, 0), 8)
         word = words[np.minimum(first + 8 * j, last)] & _LOW[left]
         mixed = (hashes ^ word) * _M1
         hashes = np.where(active, mixed ^ (mixed >> _S29), hashes)
         j += 1
-    rows = np.flatnonzero(active)
+    rows = active.nonzero()[0]
     while len(rows):
         left = np.minimum(length[rows] - 8 * j, 8)
         word = words[first[rows] + 8 * j] & _LOW[left]
@@ -180,7 +185,7 @@ def _digits(words: WordView, first: Int64s, count: Int64s) -> UInt64s:
     """The numbers written by ``count`` (0..16) ASCII digits from ``first``."""
     long = count > 8
     number = _eight_digits(words[first], np.where(long, count - 8, count))
-    if long.any():
+    if np.count_nonzero(long):
         low = _eight_digits(words[first + np.where(long, count - 8, 0)], np.where(long, 8, 0))
         number = np.where(long, number * _U64(100_000_000) + low, number)
     return number
@@ -198,13 +203,13 @@ def parse_values(buf: npt.NDArray[np.uint8], words: WordView, first: Int64s, las
     chars[:, 0] = words[start]
     chars[:, 1] = words[start + 8]
     text = chars.view(np.uint8).reshape(rows, 16)
-    inside = np.clip(length, 0, 16).astype(np.uint8)[:, None] > _COLUMNS
+    inside = np.minimum(np.maximum(length, 0), 16).astype(np.uint8)[:, None] > _COLUMNS
     digit = ((text - np.uint8(48)) < 10) & inside
     dot = (text == 46) & inside
     n_digits = np.count_nonzero(digit, axis=1)
     n_dots = np.count_nonzero(dot, axis=1)
     ok = (n_digits + n_dots == length) & (n_dots <= 1) & (n_digits >= 1) & (n_digits <= _MAX_DIGITS)
-    dot_at = np.where(n_dots > 0, np.argmax(dot, axis=1), length)
+    dot_at = np.where(n_dots > 0, dot.argmax(axis=1), length)
     fraction = np.where(ok, length - dot_at - (n_dots > 0), 0)
     whole = np.where(ok, dot_at, 0)
     with np.errstate(over="ignore"):

@@ -42,9 +42,11 @@ from typing import Any
 
 import trio
 
+from ._aggregate import Partial
 from ._config import Address, AgentConfig, IngestConfig
 from ._exceptions import StatsyardError
-from ._receiver import FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
+from ._ingest import Shipment
+from ._receiver import FLUSH, FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
 from ._state import AgentState
 from ._udp import bind_udp_socket, open_udp_socket, proc_udp_rows
 
@@ -123,6 +125,8 @@ class WorkerSlot:
     #: datagrams, bytes, lines shipped by the current process (compare with the live counters)
     shipped: list[int] = field(default_factory=lambda: [0, 0, 0])
     starts: int = 0
+    #: the current process's series keys by slot (a shipment names each key once: see Shipment)
+    keys: list[Any] = field(default_factory=list)
 
     def received(self) -> list[int]:
         """What the current process has received: datagrams, bytes, lines."""
@@ -135,6 +139,16 @@ class WorkerSlot:
     def reset_live(self) -> None:
         self.live_map[:] = bytes(LIVE_BYTES)
         self.shipped = [0, 0, 0]
+        self.keys = []
+
+    def partial(self, shipment: Shipment) -> Partial:
+        """The :class:`Partial` of a shipment of the current process."""
+        keys = self.keys
+        for slot, key in shipment.new_keys.items():
+            if slot >= len(keys):
+                keys.extend([None] * (slot + 1 - len(keys)))
+            keys[slot] = key
+        return shipment.partial(keys.__getitem__)
 
 
 class IngestWorkers:
@@ -165,7 +179,7 @@ class IngestWorkers:
     async def collect(self) -> None:
         """Ask every running worker to ship now, and merge what they send (before a flush)."""
         for slot in self.slots:
-            await self._ship(slot, SHIP)
+            await self._ship(slot, FLUSH)
 
     async def run(self, slot: WorkerSlot) -> None:
         """The supervised task of one worker: start it, ship periodically; raise when it exits."""
@@ -276,10 +290,10 @@ class IngestWorkers:
                     )
                     process.kill()
                 return
-            report, partial = pickle.loads(frame)
-            self._merge(slot, report, partial)
+            report, shipment = pickle.loads(frame)
+            self._merge(slot, report, slot.partial(shipment))
 
-    def _merge(self, slot: WorkerSlot, report: dict[str, Any], partial: Any) -> None:
+    def _merge(self, slot: WorkerSlot, report: dict[str, Any], partial: Partial) -> None:
         state = self._state
         state.aggregator.merge(partial)
         ingest = state.ingest

@@ -271,15 +271,23 @@ def test_receiver_counts_before_it_parses_and_ships_what_it_aggregated() -> None
     while got < 3:  # loopback delivery is asynchronous
         got += receiver.drain()
     assert list(live) == [3, 12 + 8 + 11, 4]  # datagrams, bytes, lines (trailing \n not a line)
-    report, partial = pickle.loads(receiver.ship())
+    report, shipment = pickle.loads(receiver.ship())
     assert report["packets"] == 3
     assert report["raw_lines"] == 4
     assert (report["lines"], report["metrics"]) == (4, 3)
     assert report["parse_errors"] == {"malformed_line": 1}
+    keys: dict[int, object] = dict(shipment.new_keys)  # what the agent keeps per worker
+    partial = shipment.partial(keys.__getitem__)
     assert partial.counters == {("a", ()): 3.0}
     assert next(iter(partial.samples.values())).tolist() == [5.0]
-    report, partial = pickle.loads(receiver.ship())  # the next ship starts from zero
-    assert (report["packets"], report["lines"], len(partial)) == (0, 0, 0)
+    client.sendto(b"a:4|c", server.getsockname())
+    while not receiver.drain():
+        pass
+    report, shipment = pickle.loads(receiver.ship())  # the next ship starts from zero
+    assert shipment.new_keys == {}  # a: its key went over once
+    assert shipment.partial(keys.__getitem__).counters == {("a", ()): 4.0}
+    report, shipment = pickle.loads(receiver.ship())
+    assert (report["packets"], report["lines"], len(shipment.partial(keys.__getitem__))) == (0, 0, 0)
     server.close()
     client.close()
 
