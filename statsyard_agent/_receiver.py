@@ -55,10 +55,12 @@ QUIT = b"Q"
 #: datagrams, bytes, lines received (lines: newline-separated, a trailing newline not counted)
 LIVE_FIELDS = 3
 LIVE_BYTES = 8 * LIVE_FIELDS
-DRAIN_LIMIT = 512
-#: A batch is processed once it holds this many lines, or GATHER_SECONDS after its first read.
-GATHER_LINES = 4096
-GATHER_SECONDS = 0.01
+DRAIN_LIMIT = 2048
+#: A batch is processed once it holds this many lines (or bytes), or GATHER_SECONDS after its
+#: first read.
+GATHER_LINES = 8192
+GATHER_BYTES = 4 << 20
+GATHER_SECONDS = 0.02
 MAX_DATAGRAM = 65535
 
 
@@ -126,11 +128,11 @@ class Receiver:
         view = memoryview(buffer)
         live = self._live
         datagrams, size_sum, lines = received = self._received
-        lines_before = lines
+        lines_before, bytes_before = lines, size_sum
         batch: list[bytes] = []
         append = batch.append
         deadline = 0.0
-        while len(batch) < limit:
+        while len(batch) < limit and size_sum - bytes_before < GATHER_BYTES:
             try:
                 size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):

@@ -55,10 +55,14 @@ _M2: Final = _U64(0xBF58476D1CE4E5B9)
 _M3: Final = _U64(0x94D049BB133111EB)
 _S29, _S30, _S31 = _U64(29), _U64(30), _U64(31)
 _SEED: Final = _U64(secrets.randbits(64))
-#: _LOW[r]: the low r bytes of a word (r = 0..8).
-_LOW: Final = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
-#: _PAD[k]: ASCII zeros in the low 8 - k bytes (left padding of a k-digit number).
-_PAD: Final = np.array([0x3030303030303030 & ((1 << (8 * (8 - k))) - 1) for k in range(9)], dtype=np.uint64)
+_ALL: Final = _U64(0xFFFFFFFFFFFFFFFF)
+_ZEROS: Final = _U64(0x3030303030303030)  # eight ASCII "0"s
+
+
+def _low_bytes(count: Int64s) -> UInt64s:
+    """Masks of the low ``count`` (0..8) bytes of a word (numpy shifts by 64 give 0)."""
+    return _ALL >> ((8 - count) * 8).astype(np.uint64)
+
 _POW10_INT: Final = np.array([10**k for k in range(17)], dtype=np.uint64)
 _POW10: Final = np.array([10.0**k for k in range(17)])
 _COLUMNS: Final = np.arange(16, dtype=np.uint8)
@@ -89,19 +93,22 @@ class Lines:
 def locate_lines(buf: npt.NDArray[np.uint8]) -> Lines:
     """Lines of ``buf``, which must end with a newline."""
     size = len(buf)
-    end = (buf == 10).nonzero()[0]
+    # One pass finds every delimiter; each kind is then picked from that short list. (Array
+    # methods and ufuncs rather than numpy's Python-level wrappers: this runs per batch.)
+    at = ((buf == 10) | (buf == 58) | (buf == 124)).nonzero()[0]
+    found = buf[at]
+    end = at[found == 10]
     start = np.empty_like(end)
     start[:1] = 0
     start[1:] = end[:-1] + 1
-    # (Array methods and ufuncs rather than numpy's Python-level wrappers: this runs per batch.)
-    sentinel = np.array([size])
-    colons = (buf == 58).nonzero()[0]
-    colon = np.concatenate((colons, sentinel))[colons.searchsorted(start)]
-    pipes = (buf == 124).nonzero()[0]
+    colons = at[found == 58]
+    colon = np.concatenate((colons, [size]))[colons.searchsorted(start)]
+    pipes = at[found == 124]
     after_colon = pipes.searchsorted(colon)
-    after_start = pipes.searchsorted(start)
-    pipe = np.concatenate((pipes, sentinel))[after_colon]
-    keyed = (pipe < end) & (after_colon == after_start)
+    pipe = np.concatenate((pipes, [size]))[after_colon]
+    # No "|" in the name: the last pipe before the colon (if any) is before the line's start.
+    before = np.concatenate(([-1], pipes))[after_colon]
+    keyed = (pipe < end) & (before < start)
     return Lines(start, end, colon, pipe, keyed)
 
 
@@ -121,14 +128,14 @@ def _span_hashes(words: WordView, first: Int64s, length: Int64s, seed: UInt64s) 
         if not n_active or 2 * n_active < len(active):
             break
         left = np.minimum(np.maximum(length - 8 * j, 0), 8)
-        word = words[np.minimum(first + 8 * j, last)] & _LOW[left]
+        word = words[np.minimum(first + 8 * j, last)] & _low_bytes(left)
         mixed = (hashes ^ word) * _M1
         hashes = np.where(active, mixed ^ (mixed >> _S29), hashes)
         j += 1
     rows = active.nonzero()[0]
     while len(rows):
         left = np.minimum(length[rows] - 8 * j, 8)
-        word = words[first[rows] + 8 * j] & _LOW[left]
+        word = words[first[rows] + 8 * j] & _low_bytes(left)
         mixed = (hashes[rows] ^ word) * _M1
         hashes[rows] = mixed ^ (mixed >> _S29)
         j += 1
@@ -155,7 +162,10 @@ def member_hashes(words: WordView, lines: Lines, rows: Int64s, slots: Int64s) ->
 
 def key_hashes(words: WordView, lines: Lines, rows: Int64s) -> UInt64s:
     """The 64-bit hash of ``(NAME, TAIL)`` of the keyed lines ``rows`` (TAIL: after the pipe)."""
-    start, colon, pipe, end = lines.start[rows], lines.colon[rows], lines.pipe[rows], lines.end[rows]
+    if len(rows) == len(lines.start):  # every line (the usual case): no gathers
+        start, colon, pipe, end = lines.start, lines.colon, lines.pipe, lines.end
+    else:
+        start, colon, pipe, end = (lines.start[rows], lines.colon[rows], lines.pipe[rows], lines.end[rows])
     with np.errstate(over="ignore"):
         seed = np.full(len(rows), _SEED, dtype=np.uint64)
         hashes = _span_hashes(words, start, colon - start, seed)
@@ -174,8 +184,8 @@ class Values:
 
 def _eight_digits(words: UInt64s, digits: Int64s) -> UInt64s:
     """The numbers written by the first ``digits`` (0..8) ASCII digits of each word (SWAR)."""
-    shift = np.minimum((8 - digits) * 8, 63).astype(np.uint64)
-    v = ((words & _LOW[digits]) << shift) | _PAD[digits]
+    shift = ((8 - digits) * 8).astype(np.uint64)
+    v = ((words & (_ALL >> shift)) << shift) | (_ZEROS >> (64 - shift))  # left-padded with "0"s
     v = ((v & _U64(0x0F0F0F0F0F0F0F0F)) * _U64(2561)) >> _U64(8)
     v = ((v & _U64(0x00FF00FF00FF00FF)) * _U64(6553601)) >> _U64(16)
     return ((v & _U64(0x0000FFFF0000FFFF)) * _U64(42949672960001)) >> _U64(32)
@@ -199,11 +209,14 @@ def parse_values(buf: npt.NDArray[np.uint8], words: WordView, first: Int64s, las
     negative = lead == 45
     start = first + signed
     length = last - start
-    chars = np.empty((rows, 2), dtype=np.uint64)
+    # One word per value when every value fits in one (most traffic): half the byte matrix.
+    width = 8 if not rows or int(length.max()) <= 8 else 16
+    chars = np.empty((rows, width // 8), dtype=np.uint64)
     chars[:, 0] = words[start]
-    chars[:, 1] = words[start + 8]
-    text = chars.view(np.uint8).reshape(rows, 16)
-    inside = np.minimum(np.maximum(length, 0), 16).astype(np.uint8)[:, None] > _COLUMNS
+    if width == 16:
+        chars[:, 1] = words[start + 8]
+    text = chars.view(np.uint8).reshape(rows, width)
+    inside = np.minimum(np.maximum(length, 0), width).astype(np.uint8)[:, None] > _COLUMNS[:width]
     digit = ((text - np.uint8(48)) < 10) & inside
     dot = (text == 46) & inside
     n_digits = np.count_nonzero(digit, axis=1)
@@ -252,10 +265,13 @@ class HashTable:
     def lookup(self, hashes: UInt64s) -> Int64s:
         """The value of each hash, -1 where absent."""
         keys = hashes | _U64(1)  # 0 marks an empty place
-        found = np.full(len(keys), -1, dtype=np.int64)
         place = (keys & _U64(self._mask)).astype(np.int64)
-        pending = np.arange(len(keys))
         table = self._keys
+        held = table[place]
+        match = held == keys
+        found = np.where(match, self._values[place], -1)  # the first probe, for every key at once
+        pending = (~match & (held != 0)).nonzero()[0]
+        place = (place[pending] + 1) & self._mask
         while len(pending):
             held = table[place]
             match = held == keys[pending]

@@ -70,7 +70,7 @@ def preaggregated(
     preagg = PreAggregator(Parser(parser_config), counts, config.max_series, evict_after)
     every = max(1, math.ceil(len(datagrams) / takes))
     pending: list[bytes] = []
-    with mock.patch.object(_ingest, "VECTOR_MIN_LINES", 0):
+    with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
         for i, datagram in enumerate(datagrams):
             if batch:
                 pending.append(datagram)
@@ -390,7 +390,7 @@ def test_set_members_go_over_once_per_flush_interval() -> None:
     preagg = PreAggregator(Parser(), SimpleCounts(), 100)
     datagram = b"\n".join([b"s:a|s", b"s:b|s", b"t:a|s"] * 3)
     key_s, key_t = ("s", ()), ("t", ())
-    with mock.patch.object(_ingest, "VECTOR_MIN_LINES", 0):
+    with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
         preagg.feed_many([datagram])  # binds the keys (the per-line path)
         preagg.feed_many([datagram])  # the vectorised path: members remembered
         assert preagg.take(flush=False).sets == {key_s: {"a", "b"}, key_t: {"a"}}
