@@ -132,11 +132,17 @@ class Receiver:
         batch: list[bytes] = []
         append = batch.append
         deadline = 0.0
-        while len(batch) < limit and size_sum - bytes_before < GATHER_BYTES:
+        # A batch ends at GATHER_LINES even when more is queued: larger ones spill out of the
+        # CPU caches (measured: 2048 datagrams of 20 lines cost 1.1 µs a line, 416 0.84 µs).
+        while (
+            len(batch) < limit
+            and lines - lines_before < GATHER_LINES
+            and size_sum - bytes_before < GATHER_BYTES
+        ):
             try:
                 size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):
-                if gather <= 0.0 or lines - lines_before >= GATHER_LINES:
+                if gather <= 0.0:
                     break
                 now = time.monotonic()
                 if not deadline:
