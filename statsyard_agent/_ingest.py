@@ -198,6 +198,15 @@ class Shipment:
         return partial
 
 
+def _stable_order(slots: Int64s, high: int) -> Int64s:
+    """``slots.argsort(kind="stable")`` for slot numbers below ``high``, as one or two 16-bit
+    radix sorts (numpy sorts 16-bit keys by radix: ~3x faster than a stable int64 sort here)."""
+    order = (slots & 0xFFFF).astype(np.uint16).argsort(kind="stable")
+    if high > 0x10000:
+        order = order[(slots[order] >> 16).astype(np.uint16).argsort(kind="stable")]
+    return order
+
+
 class PreAggregator:
     """Feeds datagrams into per-series slots; :meth:`take` hands the interval's data over.
 
@@ -415,7 +424,7 @@ class PreAggregator:
             return
         slots = np.concatenate([chunk[0] for chunk in chunks])
         values = np.concatenate([chunk[1] for chunk in chunks])
-        order = np.argsort(slots, kind="stable")
+        order = _stable_order(slots, self._high)
         slots = slots[order]
         starts = np.flatnonzero(np.diff(slots, prepend=-1))
         shipment.sample_slots = slots[starts]
