@@ -96,6 +96,9 @@ _SLOT_BITS: Final = 28
 _SLOT_MASK: Final = (1 << _SLOT_BITS) - 1
 _FACTOR_SHIFT: Final = 28
 _FACTOR_MASK: Final = (1 << 12) - 1
+#: The factor index of a handle that must not be bound: the table of distinct factors (sample
+#: rates) is full. Its lines take the parser's path, which uses the line's own rate.
+_UNBOUND: Final = _FACTOR_MASK
 _GEN_SHIFT: Final = 40
 _GEN_MASK: Final = (1 << 23) - 1
 #: Series a pre-aggregator can hold at most, whatever ``max_series`` says.
@@ -719,6 +722,9 @@ class PreAggregator:
                 self._parse_line(line)
                 return
             handle = self._bind(key, kind, series, rate)
+            if handle is not None and (handle >> _FACTOR_SHIFT) & _FACTOR_MASK == _UNBOUND:
+                self._parse_line(line)
+                return
             if handle is not None:
                 self._members[handle & _SLOT_MASK].add(member)  # type: ignore[union-attr]
         else:
@@ -729,6 +735,9 @@ class PreAggregator:
                     self._parse_line(line)
                     return
             handle = self._bind(key, kind, series, rate)
+            if handle is not None and (handle >> _FACTOR_SHIFT) & _FACTOR_MASK == _UNBOUND:
+                self._parse_line(line)
+                return
             if handle is not None:
                 self._accumulate(handle, raw, value)
         counts = self._counts
@@ -782,6 +791,8 @@ class PreAggregator:
                 counts.service_checks += 1
         if key is not None and isinstance(first, Metric) and b"|" not in key[0]:
             if first_handle is not None:
+                if (first_handle >> _FACTOR_SHIFT) & _FACTOR_MASK == _UNBOUND:
+                    return
                 bound = self._bound
                 if len(bound) >= SPEC_MAX_ENTRIES:
                     bound.clear()
@@ -794,14 +805,14 @@ class PreAggregator:
 
     def _add(self, metric: Metric) -> int | None:
         """``Aggregator.add`` semantics, into this interval's slots (any value, -0.0 included);
-        return the handle, or None if the series cap refused it (or its rate is one too many)."""
+        return the handle, or None if the series cap refused it."""
         handle = self._slot(metric.kind, (metric.name, metric.tags), metric.rate)
         if handle is None:
             return None
         slot = handle & _SLOT_MASK
         code = self._code_v[slot]
         if code == _COUNTER:
-            factor = self._factors_v[(handle >> _FACTOR_SHIFT) & _FACTOR_MASK]
+            factor = 1.0 / metric.rate  # what a bound key's factor holds, computed alike
             total = self._acc0_v[slot]
             if total == 0.0:
                 total = 0.0  # Aggregator.add starts from +0.0, not from the -0.0 marker
@@ -828,7 +839,7 @@ class PreAggregator:
 
     def _bind(self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey, rate: float) -> int | None:
         handle = self._slot(kind, series, rate)
-        if handle is not None:
+        if handle is not None and (handle >> _FACTOR_SHIFT) & _FACTOR_MASK != _UNBOUND:
             bound = self._bound
             if len(bound) >= SPEC_MAX_ENTRIES:
                 bound.clear()
@@ -853,11 +864,11 @@ class PreAggregator:
             key = slot_key
         factor_index = self._factor_index.get(factor)
         if factor_index is None:
-            if len(self._factor_index) > _FACTOR_MASK:
-                self._refuse(kind, series)
-                return None
-            factor_index = self._factor_index[factor] = len(self._factor_index)
-            self._factors[factor_index] = factor
+            if len(self._factor_index) >= _UNBOUND:
+                factor_index = _UNBOUND  # counted as usual, never bound (see _UNBOUND)
+            else:
+                factor_index = self._factor_index[factor] = len(self._factor_index)
+                self._factors[factor_index] = factor
         slot = self._slots_of.get(slot_key)
         if slot is None:
             if self._n_slots >= self._max_series:

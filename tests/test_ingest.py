@@ -400,3 +400,16 @@ def test_set_members_go_over_once_per_flush_interval() -> None:
         assert preagg.take(flush=True).sets == {}
         preagg.feed_many([datagram])  # a new interval: every member goes over again
         assert preagg.take().sets == {key_s: {"a", "b"}, key_t: {"a"}}
+
+
+def test_thousands_of_distinct_sample_rates_are_all_counted() -> None:
+    # Adaptive samplers send ever new rates; past the table of distinct factors, lines still
+    # count (through the parser's path), exactly as parse + add would.
+    lines = [b"c:1|c|@%.6f" % (0.5 + i / 20_000) for i in range(5_000)]
+    datagrams = [b"\n".join(lines[i : i + 50]) for i in range(0, len(lines), 50)] * 2
+    want, want_counts, _ = reference(datagrams)
+    for batch in (0, 20):
+        got, got_counts, _ = preaggregated(datagrams, batch=batch)
+        same_counts(got_counts, want_counts)
+        same_points(got, want)
+        assert got_counts.parse_errors == {}
