@@ -9,9 +9,9 @@ Parts (``--parts``, comma-separated):
 * ``loops``: the receive-loop options, each as a bare receiver (no agent around it) fed faster than
   it can read: IO model (trio ``wait_readable`` + drain, a uvloop datagram endpoint, ``poll`` +
   drain, ``poll`` + ``recvmmsg`` batch reads through ctypes) x per-line engine
-  (``Parser.parse_datagram`` + ``Aggregator.add``, the pre-issue path;
-  the prefix-cache ``PreAggregator``) x 1 or 2 processes on ``SO_REUSEPORT``. Prints lines/s and
-  CPU µs per line.
+  (``Parser.parse_datagram`` + ``Aggregator.add``, the pre-issue path; the prefix-cache
+  ``PreAggregator.feed`` per datagram; ``batch``: ``PreAggregator.feed_many`` once per drain, the
+  numpy path) x 1 or 2 processes on ``SO_REUSEPORT``. Prints lines/s and CPU µs per line.
 * ``table``: for StatsYard (``--workers`` ingest workers each) and for Etsy statsd 0.9 (installed
   with ``npm install statsd`` into ``bench/.deps/etsy``, its graphite backend pointed at a TCP
   sink in this process that adds up the counters it receives), the highest offered rate with
@@ -761,8 +761,21 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
     from statsyard_agent._protocol import Parser
 
     counts = SimpleCounts()
+    pending: list[bytes] = []
+
+    def end_batch() -> None:  # the batch engine's: one feed_many per drain
+        return
+
     if engine == "preagg":
         feed = PreAggregator(Parser(), counts, 1_000_000).feed
+    elif engine == "batch":
+        preagg = PreAggregator(Parser(), counts, 1_000_000)
+        feed = pending.append
+
+        def end_batch() -> None:
+            preagg.feed_many(pending)
+            pending.clear()
+
     else:
         parser, aggregator = Parser(), Aggregator(AggregatorConfig(max_series=1_000_000))
         add = aggregator.add
@@ -786,11 +799,18 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
                 break
             n += 1
             feed(bytes(view[:size]))
+        end_batch()
         return n
 
     if mode in ("poll", "recvmmsg"):
         if mode == "recvmmsg":
-            drain = _recvmmsg_drain(sock, feed)
+            drain_many = _recvmmsg_drain(sock, feed)
+
+            def drain() -> int:
+                n = drain_many()
+                end_batch()
+                return n
+
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         got = 0
@@ -825,6 +845,8 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
 
             def datagram_received(self, data: bytes, addr: Any) -> None:
                 feed(data)
+                if len(pending) >= 512:
+                    end_batch()
                 self.last = time.monotonic()
 
         async def serve() -> None:
@@ -835,8 +857,10 @@ def _receive(mode: str, engine: str, sock: socket.socket) -> None:
                 await asyncio.sleep(0.2)
 
         uvloop.run(serve())
+        end_batch()
     usage = os.times()
-    print(f"done {counts.lines} {usage.user + usage.system}", flush=True)
+    # One write(2): the forked receivers share the pipe, and print() may split a line in two.
+    os.write(1, f"done {counts.lines} {usage.user + usage.system}\n".encode())
 
 
 def _recvmmsg_drain(sock: socket.socket, feed: Callable[[bytes], None]) -> Callable[[], int]:
@@ -935,7 +959,7 @@ def run_loops(sender: Path, workload: Workload, seconds: float) -> list[dict[str
         log("uvloop is not installed: its receive loop is skipped")
         modes = ["trio", "poll", "recvmmsg"]
     results = []
-    for engine in ("parse+add", "preagg"):
+    for engine in ("parse+add", "preagg", "batch"):
         for processes in (1, 2):
             for mode in modes:
                 for _ in range(ATTEMPTS):
