@@ -105,8 +105,8 @@ _GEN_MASK: Final = (1 << 23) - 1
 MAX_SLOTS: Final = 1 << _SLOT_BITS
 
 _Spec = tuple[MetricKind, SeriesKey, float]
-Int64s = npt.NDArray[np.int64]
-Floats = npt.NDArray[np.float64]
+Int64s = _scan.Int64s
+Floats = _scan.Floats
 _TRUE: Final = np.array([True])
 
 
