@@ -5,7 +5,7 @@
 Prints the best of ``--repeat`` runs for:
 
 1. in process, per line (parse + aggregate), the same datagrams (bench/parse.py's traffic mix,
-   packed to 1432 bytes): the UDP handler (``AgentState.handle_datagram``); the Unix handler
+   packed to 1432 bytes): the UDP handler (``AgentState.handle_datagrams``); the Unix handler
    without origin tags; with three origin tags (``process``, ``pod_uid``, ``container_id``);
 2. over real sockets, datagrams read per second by the agent's own drain loops, from a sender
    process that pre-filled the kernel queue: UDP ``recv_into`` against Unix ``recvmsg_into``
@@ -71,7 +71,7 @@ def in_process(datagrams: list[bytes], lines: int, repeat: int, sock_dir: Path) 
         state = new_state()
         started = time.perf_counter()
         for data in datagrams:
-            state.handle_datagram(data)
+            state.handle_datagrams([data])
         return time.perf_counter() - started
 
     def unix(extra: Any) -> Callable[[], float]:

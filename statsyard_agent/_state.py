@@ -95,18 +95,9 @@ class AgentState:
     def wake_writer(self) -> None:
         self.writer_wakeup.set()
 
-    def handle_datagram(self, data: bytes) -> None:
-        """Parse one datagram and pre-aggregate what it held (merged into the aggregator at the
-        next flush). The hot path: ints and dicts only; line and error counts are live."""
-        if self.relay is not None:
-            self.relay(data)
-        ingest = self.ingest
-        ingest.packets += 1
-        ingest.bytes += len(data)
-        self.preagg.feed(data)
-
     def handle_datagrams(self, datagrams: list[bytes]) -> None:
-        """:meth:`handle_datagram` for each of ``datagrams``, in order, as one batch (vectorised)."""
+        """Relay, count and pre-aggregate a batch of datagrams, in order (merged into the
+        aggregator at the next flush; vectorised by ``PreAggregator.feed_many``)."""
         if self.relay is not None:
             for data in datagrams:
                 self.relay(data)
