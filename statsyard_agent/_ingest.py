@@ -219,6 +219,25 @@ def _stable_order(slots: Int64s, high: int) -> Int64s:
     return order
 
 
+def _member_texts(joined: bytes, begin: Int64s, length: Int64s) -> list[str] | None:
+    """The texts ``joined[begin:begin + length]`` (none holding a ``|``), or None if one is not
+    UTF-8. Each span is gathered with the byte after it (a ``|``, or any byte for an empty
+    span, overwritten) as the separator, so one ``decode`` and one ``split`` make them all."""
+    if not len(begin):
+        return []
+    width = length + 1
+    ends = np.cumsum(width)
+    source = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(begin - (ends - width), width)
+    gathered = np.frombuffer(joined, dtype=np.uint8)[source]
+    gathered[ends - 1] = 124
+    try:
+        texts: list[str] = gathered.tobytes().decode().split("|")
+    except UnicodeDecodeError:
+        return None
+    texts.pop()
+    return texts
+
+
 class PreAggregator:
     """Feeds datagrams into per-series slots; :meth:`take` hands the interval's data over.
 
@@ -601,34 +620,35 @@ class PreAggregator:
         """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.
         A (slot, member) pair already added since the last flush (:attr:`_seen`, by hash; the
         slot's generation takes part, so a slot reused for another series starts afresh) costs no
-        Python work; each new pair is decoded and added once."""
+        Python work; the new pairs' members are cut out with one numpy gather and decoded with
+        one ``decode`` and one ``split`` (keyed lines' members hold no ``:`` and no ``|``)."""
         if not len(rows):
             return
         hashes = _scan.member_hashes(words, lines, rows, slots | self._gen[slots] << _GEN_SHIFT)
         new = self._seen.lookup(hashes) < 0
         unique, first, inverse = np.unique(hashes[new], return_index=True, return_inverse=True)
-        members = self._members
         rows_new, slots_new = rows[new], slots[new]
-        ok = np.ones(len(unique), dtype=np.bool_)
-        for index, colon, pipe, slot in zip(
-            range(len(unique)),
-            lines.colon[rows_new[first]].tolist(),
-            lines.pipe[rows_new[first]].tolist(),
-            slots_new[first].tolist(),
-            strict=True,
-        ):
-            raw = joined[colon + 1 : pipe]
-            if raw and b":" not in raw:
+        picked = rows_new[first]
+        begin = lines.colon[picked] + 1
+        length = lines.pipe[picked] - begin
+        ok = length > 0  # an empty member: the parser says what
+        texts = _member_texts(joined, begin, length)
+        if texts is None:  # not all UTF-8: find which, one by one
+            texts = []
+            for index, (at, size) in enumerate(zip(begin.tolist(), length.tolist(), strict=True)):
                 try:
-                    members[slot].add(raw.decode())
-                    continue
+                    texts.append(joined[at : at + size].decode())
                 except UnicodeDecodeError:
-                    pass
-            ok[index] = False
+                    texts.append("")
+                    ok[index] = False
+        members = self._members
+        for slot, text, good in zip(slots_new[first].tolist(), texts, ok.tolist(), strict=True):
+            if good:
+                members[slot].add(text)
         if self._seen.size + len(unique) > SEEN_MAX_ENTRIES:
             self._seen.clear()  # only saves work: a pair forgotten is added to its set again
         self._seen.insert_many(unique[ok])
-        refused = rows_new[~ok[inverse]]  # packed, empty or not UTF-8: the parser says what
+        refused = rows_new[~ok[inverse]]  # empty or not UTF-8: the parser says what
         for start, end in zip(lines.start[refused].tolist(), lines.end[refused].tolist(), strict=True):
             self._feed_lines(joined[start:end])
         added = len(rows) - len(refused)

@@ -63,6 +63,7 @@ def _low_bytes(count: Int64s) -> UInt64s:
     """Masks of the low ``count`` (0..8) bytes of a word (numpy shifts by 64 give 0)."""
     return _ALL >> ((8 - count) * 8).astype(np.uint64)
 
+
 _POW10_INT: Final = np.array([10**k for k in range(17)], dtype=np.uint64)
 _POW10: Final = np.array([10.0**k for k in range(17)])
 _COLUMNS: Final = np.arange(16, dtype=np.uint8)
@@ -79,9 +80,11 @@ def word_view(padded: bytes) -> WordView:
 
 @dataclass(frozen=True, slots=True)
 class Lines:
-    """Where the lines of a buffer are: ``start`` / ``end`` (exclusive, the newline), the first
-    ``:`` (``colon``) and the first ``|`` after it (``pipe``); ``keyed`` when both exist within the
-    line and no ``|`` precedes the ``:`` (only then are NAME, VALUE and TAIL the spans between)."""
+    """Where the lines of a buffer are: ``start`` / ``end`` (exclusive, the newline). A line is
+    ``keyed`` when its first delimiter (``:`` or ``|``) is a ``:`` and its second a ``|``: then
+    NAME, VALUE and TAIL are the spans around ``colon`` and ``pipe`` (the name holds no
+    delimiter, the value none, the tail anything). ``colon`` and ``pipe`` mean nothing for
+    other lines."""
 
     start: Int64s
     end: Int64s
@@ -92,24 +95,23 @@ class Lines:
 
 def locate_lines(buf: npt.NDArray[np.uint8]) -> Lines:
     """Lines of ``buf``, which must end with a newline."""
-    size = len(buf)
-    # One pass finds every delimiter; each kind is then picked from that short list. (Array
-    # methods and ufuncs rather than numpy's Python-level wrappers: this runs per batch.)
+    # One pass finds every delimiter; each line's first two are then picked by position in
+    # that short list (no search). Array methods and ufuncs rather than numpy's Python-level
+    # wrappers: this runs per batch.
     at = ((buf == 10) | (buf == 58) | (buf == 124)).nonzero()[0]
     found = buf[at]
-    end = at[found == 10]
+    newlines = (found == 10).nonzero()[0]
+    end = at[newlines]
     start = np.empty_like(end)
     start[:1] = 0
     start[1:] = end[:-1] + 1
-    colons = at[found == 58]
-    colon = np.concatenate((colons, [size]))[colons.searchsorted(start)]
-    pipes = at[found == 124]
-    after_colon = pipes.searchsorted(colon)
-    pipe = np.concatenate((pipes, [size]))[after_colon]
-    # No "|" in the name: the last pipe before the colon (if any) is before the line's start.
-    before = np.concatenate(([-1], pipes))[after_colon]
-    keyed = (pipe < end) & (before < start)
-    return Lines(start, end, colon, pipe, keyed)
+    first = np.empty_like(newlines)  # each line's first delimiter (its newline, if none other)
+    first[:1] = 0
+    first[1:] = newlines[:-1] + 1
+    # The buffer ends with a newline, so first + 1 is in range whenever first is a ":".
+    second = np.minimum(first + 1, len(at) - 1)
+    keyed = (found[first] == 58) & (found[second] == 124)
+    return Lines(start, end, at[first], at[second], keyed)
 
 
 def _span_hashes(words: WordView, first: Int64s, length: Int64s, seed: UInt64s) -> UInt64s:

@@ -114,6 +114,7 @@ EDGE_DATAGRAMS = [
     b"a:1:2:3|ms\na:4|ms\na:5:6|c",  # packed values go to the parser
     b"g:5|g\ng:+3|g\ng:-1|g\ng:1:+2:-4|g\ng:7|g\ng:+1|g",  # set, deltas, packed, set again
     b"s:a|s\ns:b|s\ns:a:b|s\ns:|s\ns:\xff|s\ns:c|s",  # packed, empty and bad UTF-8 members
+    b"s:\xc3\xa9|s\ns:\xe2\x82\xac|s|#k:v\ns:\xc3|s\ns:a\xc3\xa9b|s",  # multi-byte, cut short
     b"t:1|ms|@0.1\nt:2|ms\nt:3|ms|@0.1\nt:x|ms\nt:|ms\nt:1_0|ms\nt:nan|ms\nt:inf|ms",
     b"h:1|h\nd:2|d|#a\nd:3|d|#a\nd:4|d|@0.25|#a",
     b"a|b:1|c\na|b:2|c\nx:1|q\nx:1\nx|c\n:1|c\n.x:1|c",  # '|' in the name, bad type, no value
@@ -400,6 +401,20 @@ def test_set_members_go_over_once_per_flush_interval() -> None:
         assert preagg.take(flush=True).sets == {}
         preagg.feed_many([datagram])  # a new interval: every member goes over again
         assert preagg.take().sets == {key_s: {"a", "b"}, key_t: {"a"}}
+
+
+def test_set_members_are_decoded_alike_in_a_batch_with_a_bad_one() -> None:
+    # The batch path decodes all new members at once; one bad member must not cost the others.
+    counts = SimpleCounts()
+    preagg = PreAggregator(Parser(), counts, 100)
+    good = [b"s:\xc3\xa9|s", b"s:x|y|s", b"s:\xe2\x82\xac|s", b"s:plain|s"]
+    with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
+        preagg.feed_many([b"s:first|s"])  # binds the key
+        preagg.feed_many([b"\n".join([*good, b"s:\xc3|s", b"s:|s"])])
+    assert preagg.take().sets == {("s", ()): {"first", "\u00e9", "\u20ac", "plain"}}
+    # "s:x|y|s" has type "y": a parse error, as are the cut-short and the empty member.
+    assert (counts.lines, counts.metrics) == (7, 4)
+    assert sum(counts.parse_errors.values()) == 3
 
 
 def test_thousands_of_distinct_sample_rates_are_all_counted() -> None:

@@ -20,6 +20,17 @@ def scanned(lines: list[bytes]) -> tuple[bytes, np.ndarray, _scan.WordView, _sca
     return joined, buf, _scan.word_view(padded), _scan.locate_lines(buf[: len(joined)])
 
 
+def value_spans(lines: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each ``n:VALUE|TYPE`` line's value is in the joined buffer (found without the
+    scanner, so values with any bytes can be handed to ``parse_values``)."""
+    first, last, offset = [], [], 0
+    for line in lines:
+        first.append(offset + 2)
+        last.append(offset + line.rindex(b"|"))
+        offset += len(line) + 1
+    return np.array(first, dtype=np.int64), np.array(last, dtype=np.int64)
+
+
 _texts = st.one_of(
     st.from_regex(rb"\A[+-]?[0-9]{0,18}(\.[0-9]{0,18})?\Z"),
     st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
@@ -32,8 +43,8 @@ _texts = st.one_of(
 @given(st.lists(_texts, min_size=1, max_size=40))
 def test_an_accepted_value_is_exactly_what_float_gives(texts: list[bytes]) -> None:
     lines = [b"n:" + text + b"|ms" for text in texts]
-    _, buf, words, located = scanned(lines)
-    values = _scan.parse_values(buf, words, located.colon + 1, located.pipe)
+    _, buf, words, _ = scanned(lines)
+    values = _scan.parse_values(buf, words, *value_spans(lines))
     for text, ok, value, signed in zip(
         texts, values.ok.tolist(), values.value.tolist(), values.signed.tolist(), strict=True
     ):
@@ -53,16 +64,19 @@ def test_an_accepted_value_is_exactly_what_float_gives(texts: list[bytes]) -> No
 def test_plain_decimals_are_accepted_and_others_left_alone() -> None:
     accepted = [b"1", b"+3", b"-2", b"2.5", b".5", b"5.", b"0.000001", b"123456789012345", b"12.345678"]
     refused = [b"", b".", b"-0", b"1e3", b"1_0", b"nan", b"1:2", b"1234567890123456", b"\xff", b" 1", b"u1"]
-    _, buf, words, located = scanned([b"n:" + t + b"|c" for t in accepted + refused])
-    ok = _scan.parse_values(buf, words, located.colon + 1, located.pipe).ok.tolist()
+    lines = [b"n:" + t + b"|c" for t in accepted + refused]
+    _, buf, words, _ = scanned(lines)
+    ok = _scan.parse_values(buf, words, *value_spans(lines)).ok.tolist()
     assert ok == [True] * len(accepted) + [False] * len(refused)
 
 
 def test_lines_and_their_parts_are_located() -> None:
-    lines = [b"a.b:1|c|#x:y", b"no colon", b"a|b:1|c", b"x:1", b"", b"k:v:w|s|@0.5"]
+    # Keyed: the first delimiter is ":" and the second "|" (the tail may hold any); a ":" in
+    # the value (packed values, "k:v:w") leaves the line to the parser.
+    lines = [b"a.b:1|c|#x:y", b"no colon", b"a|b:1|c", b"x:1", b"", b"k:v:w|s|@0.5", b"k:v|s|@0.5|#a:b|c"]
     joined, _, _, located = scanned(lines)
-    assert located.keyed.tolist() == [True, False, False, False, False, True]
-    for row in (0, 5):
+    assert located.keyed.tolist() == [True, False, False, False, False, False, True]
+    for row in (0, 6):
         start, colon, pipe, end = (
             int(a[row]) for a in (located.start, located.colon, located.pipe, located.end)
         )
