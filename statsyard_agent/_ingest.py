@@ -578,7 +578,7 @@ class PreAggregator:
         numeric = (hit & ~is_set).nonzero()[0]
         set_hits = (hit & is_set).nonzero()[0]
         set_rows = rows[set_hits]
-        values = _scan.parse_values(buf, words, lines.colon[rows[numeric]] + 1, lines.pipe[rows[numeric]])
+        values = _scan.parse_values(words, lines.colon[rows[numeric]] + 1, lines.pipe[rows[numeric]])
         vector = numeric[values.ok]
         # Lines left to the per-line path: in order with the vectorised ones, but for lines of
         # bound set keys (a set's members do not depend on order).
