@@ -40,8 +40,8 @@ Counting (into the ``counts`` object given, e.g. the agent's ingest counters): `
 lines), ``metrics`` (one per metric, so per value of a packed gauge line), ``events``,
 ``service_checks`` and ``parse_errors[reason]``, exactly as ``parse_datagram`` reports them.
 
-Memory: bound pairs (by bytes and by hash), specs, cached values, distinct sample rates and
-remembered set members are bounded (cleared when full, or unbound past the limit); slots
+Memory: bound pairs (by bytes and by hash), specs, cached values and distinct sample rates are
+bounded (cleared when full, or unbound past the limit); slots
 are bounded by ``max_series``: a metric of a new series beyond it is refused and counted in the
 partial (``refused``), as the aggregator's own guard would. Slots of series gone quiet are evicted
 after a few takes, which frees room again.
@@ -80,10 +80,6 @@ _KIND_SET: Final = MetricKind.SET
 #: Larger than the parser's caches because it must cover every active series (``max_series``
 #: defaults to 100,000) for the fast path to hold.
 SPEC_MAX_ENTRIES: Final = 262_144
-
-#: (slot, member) pairs of sets remembered per interval (so a member seen again costs no Python
-#: work); beyond, the memory is cleared, not grown (growing re-places every entry at once).
-SEEN_MAX_ENTRIES: Final = 131_072
 
 #: Takes a slot may stay untouched before it is evicted (its series bound again if it returns).
 EVICT_AFTER_TAKES: Final = 8
@@ -296,7 +292,6 @@ class PreAggregator:
         "_refused_keys",
         "_sample_slots",
         "_sample_values",
-        "_seen",
         "_service_checks",
         "_slot_keys",
         "_slots_of",
@@ -317,7 +312,6 @@ class PreAggregator:
         self._values: dict[bytes, float] = {}
         self._bound: dict[tuple[bytes, bytes], int] = {}
         self._hashed = _scan.HashTable(16_384)
-        self._seen = _scan.HashTable(2 * SEEN_MAX_ENTRIES)  # (slot, member) pairs added since the last flush
         # Columns: np.zeros maps its pages lazily, so capacity for max_series costs RSS only as
         # slots are used (and the arrays never move, so the memoryviews stay valid).
         capacity = max(self._max_series, 1)
@@ -366,19 +360,15 @@ class PreAggregator:
         """Slots held (touched this interval, or idle for fewer than ``evict_after`` takes)."""
         return self._n_slots
 
-    def take(self, flush: bool = True) -> Partial:
+    def take(self) -> Partial:
         """Hand over the interval's data (the caller owns it) and start a new interval.
 
-        O(slots held) when anything was fed since the last take, O(1) otherwise. ``flush``:
-        the receiver flushes what it merged next, so set members seen again must be handed
-        over again (until then, a member already handed over is not repeated).
+        O(slots held) when anything was fed since the last take, O(1) otherwise.
         """
-        return self.take_shipment(flush).partial(self._keys.__getitem__)
+        return self.take_shipment().partial(self._keys.__getitem__)
 
-    def take_shipment(self, flush: bool = True) -> Shipment:
+    def take_shipment(self) -> Shipment:
         """:meth:`take`, by slot number (what a receive worker ships: see :class:`Shipment`)."""
-        if flush and self._seen.size:
-            self._seen.clear()
         shipment = Shipment(
             events=self._events,
             service_checks=self._service_checks,
@@ -611,26 +601,18 @@ class PreAggregator:
             )
             self._counts.lines += len(vector)
             self._counts.metrics += len(vector)
-            self._add_members(joined, lines, words, set_rows, slot[set_hits])
+            self._add_members(joined, lines, set_rows, slot[set_hits])
         self._learn(joined, lines, rows[~hit], hashes[~hit])
 
-    def _add_members(
-        self, joined: bytes, lines: _scan.Lines, words: _scan.WordView, rows: Int64s, slots: Int64s
-    ) -> None:
+    def _add_members(self, joined: bytes, lines: _scan.Lines, rows: Int64s, slots: Int64s) -> None:
         """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.
-        A (slot, member) pair already added since the last flush (:attr:`_seen`, by hash; the
-        slot's generation takes part, so a slot reused for another series starts afresh) costs no
-        Python work; the new pairs' members are cut out with one numpy gather and decoded with
-        one ``decode`` and one ``split`` (keyed lines' members hold no ``:`` and no ``|``)."""
+        The members are cut out with one numpy gather and decoded with one ``decode`` and one
+        ``split`` (a keyed line's member holds no ``:`` and no ``|``); what is left per line is
+        one ``set.add``."""
         if not len(rows):
             return
-        hashes = _scan.member_hashes(words, lines, rows, slots | self._gen[slots] << _GEN_SHIFT)
-        new = self._seen.lookup(hashes) < 0
-        unique, first, inverse = np.unique(hashes[new], return_index=True, return_inverse=True)
-        rows_new, slots_new = rows[new], slots[new]
-        picked = rows_new[first]
-        begin = lines.colon[picked] + 1
-        length = lines.pipe[picked] - begin
+        begin = lines.colon[rows] + 1
+        length = lines.pipe[rows] - begin
         ok = length > 0  # an empty member: the parser says what
         texts = _member_texts(joined, begin, length)
         if texts is None:  # not all UTF-8: find which, one by one
@@ -642,13 +624,10 @@ class PreAggregator:
                     texts.append("")
                     ok[index] = False
         members = self._members
-        for slot, text, good in zip(slots_new[first].tolist(), texts, ok.tolist(), strict=True):
+        for slot, text, good in zip(slots.tolist(), texts, ok.tolist(), strict=True):
             if good:
                 members[slot].add(text)
-        if self._seen.size + len(unique) > SEEN_MAX_ENTRIES:
-            self._seen.clear()  # only saves work: a pair forgotten is added to its set again
-        self._seen.insert_many(unique[ok])
-        refused = rows_new[~ok[inverse]]  # empty or not UTF-8: the parser says what
+        refused = rows[~ok]  # empty or not UTF-8: the parser says what
         for start, end in zip(lines.start[refused].tolist(), lines.end[refused].tolist(), strict=True):
             self._feed_lines(joined[start:end])
         added = len(rows) - len(refused)

@@ -9,10 +9,10 @@ LIVE_FD``; the three descriptors are inherited:
   configuration and the series cap; the worker answers ``("ready", pid)``. Then the agent sends
   one-byte commands: ``S`` (ship) is answered with one frame ``(report, shipment)`` holding
   everything aggregated since the previous ship (a :class:`~statsyard_agent._ingest.Shipment`:
-  numpy columns by slot, each series key sent once); ``F`` is ``S`` before a flush (set members
-  are sent again after it); ``Q`` (quit) first reads every datagram already queued on the
-  socket, ships, and exits. End of file on it (the agent is gone) exits at once. Frames are
-  sent from a thread (:class:`FrameSender`), so a slow reader never stalls reception.
+  numpy columns by slot, each series key sent once); ``Q`` (quit) first reads every datagram
+  already queued on the socket, ships, and exits. End of file on it (the agent is gone) exits
+  at once. Frames are sent from a thread (:class:`FrameSender`), so a slow reader never stalls
+  reception.
 * ``LIVE_FD``: a shared memory page where the worker keeps :data:`LIVE_FIELDS` running totals
   (datagrams, bytes, lines) of what it has *received*, written before a batch is processed, so
   the agent can count what a killed worker took with it (received minus shipped).
@@ -50,7 +50,6 @@ from ._protocol import Parser, ParserConfig
 
 FRAME_HEADER = struct.Struct("<Q")
 SHIP = b"S"
-FLUSH = b"F"  # ship; the agent flushes next
 QUIT = b"Q"
 #: datagrams, bytes, lines received (lines: newline-separated, a trailing newline not counted)
 LIVE_FIELDS = 3
@@ -159,9 +158,8 @@ class Receiver:
         self._preagg.feed_many(batch)
         return len(batch)
 
-    def ship(self, flush: bool = True) -> bytes:
-        """Everything since the previous ship, as one frame payload (``flush``: see
-        :meth:`PreAggregator.take`)."""
+    def ship(self) -> bytes:
+        """Everything since the previous ship, as one frame payload."""
         counts = self._counts
         received, shipped = self._received, self._shipped
         report: dict[str, Any] = {
@@ -175,7 +173,7 @@ class Receiver:
             "parse_errors": dict(counts.parse_errors),
             "receive_errors": self._receive_errors,
         }
-        payload = pickle.dumps((report, self._preagg.take_shipment(flush)), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((report, self._preagg.take_shipment()), protocol=pickle.HIGHEST_PROTOCOL)
         self._shipped = list(received)
         counts.lines = counts.metrics = counts.events = counts.service_checks = 0
         counts.parse_errors.clear()
@@ -203,7 +201,7 @@ class Receiver:
                     sender.send(self.ship())
                     sender.close()
                     return
-                sender.send(self.ship(flush=command == FLUSH))
+                sender.send(self.ship())
                 gc.collect(1)  # the slots are long-lived: keep full collections off them
                 gc.freeze()  # (see _flush.freeze_long_lived)
 

@@ -37,7 +37,6 @@ __all__ = [
     "WordView",
     "key_hashes",
     "locate_lines",
-    "member_hashes",
     "parse_values",
     "word_view",
 ]
@@ -153,14 +152,6 @@ def _finish(hashes: UInt64s) -> UInt64s:
     hashes *= _M3
     hashes ^= hashes >> _S31
     return hashes
-
-
-def member_hashes(words: WordView, lines: Lines, rows: Int64s, slots: Int64s) -> UInt64s:
-    """The 64-bit hash of (slot, VALUE) of the keyed lines ``rows`` (a set line's member)."""
-    first, last = lines.colon[rows] + 1, lines.pipe[rows]
-    with np.errstate(over="ignore"):
-        seed = (slots.astype(np.uint64) + _SEED) * _M2
-        return _finish(_span_hashes(words, first, last - first, seed))
 
 
 def key_hashes(words: WordView, lines: Lines, rows: Int64s) -> UInt64s:

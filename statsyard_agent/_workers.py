@@ -46,7 +46,7 @@ from ._aggregate import Partial
 from ._config import Address, AgentConfig, IngestConfig
 from ._exceptions import StatsyardError
 from ._ingest import Shipment
-from ._receiver import FLUSH, FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
+from ._receiver import FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
 from ._state import AgentState
 from ._udp import bind_udp_socket, open_udp_socket, proc_udp_rows
 
@@ -179,7 +179,7 @@ class IngestWorkers:
     async def collect(self) -> None:
         """Ask every running worker to ship now, and merge what they send (before a flush)."""
         for slot in self.slots:
-            await self._ship(slot, FLUSH)
+            await self._ship(slot, SHIP)
 
     async def run(self, slot: WorkerSlot) -> None:
         """The supervised task of one worker: start it, ship periodically; raise when it exits."""

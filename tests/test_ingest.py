@@ -387,20 +387,17 @@ async def test_cardinality_cap_is_counted_and_logged_once_per_interval(
     assert await agent.stop() == 0
 
 
-def test_set_members_go_over_once_per_flush_interval() -> None:
+def test_each_take_hands_over_the_set_members_since_the_last() -> None:
     preagg = PreAggregator(Parser(), SimpleCounts(), 100)
     datagram = b"\n".join([b"s:a|s", b"s:b|s", b"t:a|s"] * 3)
     key_s, key_t = ("s", ()), ("t", ())
     with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
         preagg.feed_many([datagram])  # binds the keys (the per-line path)
-        preagg.feed_many([datagram])  # the vectorised path: members remembered
-        assert preagg.take(flush=False).sets == {key_s: {"a", "b"}, key_t: {"a"}}
-        preagg.feed_many([datagram, b"s:c|s"])
-        assert preagg.take(flush=False).sets == {key_s: {"c"}}  # a, b went over this interval
-        preagg.feed_many([datagram])
-        assert preagg.take(flush=True).sets == {}
-        preagg.feed_many([datagram])  # a new interval: every member goes over again
+        preagg.feed_many([datagram])  # the vectorised path
         assert preagg.take().sets == {key_s: {"a", "b"}, key_t: {"a"}}
+        preagg.feed_many([b"s:c|s\ns:a|s", b"s:c|s"])
+        assert preagg.take().sets == {key_s: {"a", "c"}}
+        assert preagg.take().sets == {}
 
 
 def test_set_members_are_decoded_alike_in_a_batch_with_a_bad_one() -> None:

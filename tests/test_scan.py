@@ -108,15 +108,6 @@ def test_equal_keys_hash_equal_and_distinct_keys_differ(keys: list[tuple[bytes, 
     assert len(set(by_key.values())) == len(by_key)  # 64 bits: no collision among a few keys
 
 
-def test_member_hashes_tell_slots_and_members_apart() -> None:
-    lines = [b"s:a|s", b"s:b|s", b"s:a|s", b"t:a|s"]
-    _, _, words, located = scanned(lines)
-    rows = np.arange(4)
-    hashes = _scan.member_hashes(words, located, rows, np.array([0, 0, 0, 1])).tolist()
-    assert hashes[0] == hashes[2]
-    assert len({hashes[0], hashes[1], hashes[3]}) == 3
-
-
 def test_hash_table_maps_batches_and_grows() -> None:
     rng = np.random.default_rng(7)
     table = _scan.HashTable(16)
