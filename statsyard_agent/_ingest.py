@@ -106,6 +106,10 @@ _FACTOR_MASK: Final = (1 << 12) - 1
 _UNBOUND: Final = _FACTOR_MASK
 _GEN_SHIFT: Final = 40
 _GEN_MASK: Final = (1 << 23) - 1
+#: What the batch path's hash table holds for a key: slot | factor << 28 | kind << 40 (no
+#: generation: entries of an evicted slot are dropped from the table at eviction).
+_ENTRY_KEY_BITS: Final = (1 << 40) - 1
+_ENTRY_CODE_SHIFT: Final = 40
 #: Series a pre-aggregator can hold at most, whatever ``max_series`` says.
 MAX_SLOTS: Final = 1 << _SLOT_BITS
 
@@ -434,8 +438,11 @@ class PreAggregator:
         keys = self._keys
         shipment.new_keys = {slot: keys[slot] for slot in new.tolist()}
 
-        for slot in slots[idle[slots] >= self._evict_after].tolist():
-            self._evict(slot)
+        evicted = slots[idle[slots] >= self._evict_after]
+        if len(evicted):
+            for slot in evicted.tolist():
+                self._evict(slot)
+            self._hashed.drop(lambda entries: np.isin(entries & _SLOT_MASK, evicted))
 
     def _take_samples(self, shipment: Shipment) -> None:
         """The interval's samples grouped by slot, in arrival order within a slot."""
@@ -557,52 +564,42 @@ class PreAggregator:
         buf = np.frombuffer(joined, dtype=np.uint8)
         words = _scan.word_view(joined)
         lines = _scan.locate_lines(buf[:size])
-        rows = (lines.keyed & (lines.end - lines.start <= self._max_line)).nonzero()[0]
-        hashes = _scan.key_hashes(words, lines, rows)
-        handles = self._hashed.lookup(hashes)
-        known = handles >= 0
-        slot = np.where(known, handles & _SLOT_MASK, 0)
-        hit = known & (self._gen[slot] == handles >> _GEN_SHIFT)
-        code = self._code[slot]
+        starts, ends = lines.start, lines.end
+        length = ends - starts
+        # Every line is hashed and valued (cheaper than picking the keyed ones first); what is
+        # read for the others is ignored. An entry packs slot, factor index and kind (_ENTRY_*).
+        hashes = _scan.key_hashes(words, lines)
+        entry = self._hashed.lookup(hashes)
+        entry[~(lines.keyed & (length <= self._max_line))] = -1
+        code = entry >> _ENTRY_CODE_SHIFT  # -1 for lines of unknown keys
+        values = _scan.parse_values(words, lines.colon + 1, lines.pipe)
         is_set = code == _SET
-        numeric = (hit & ~is_set).nonzero()[0]
-        set_hits = (hit & is_set).nonzero()[0]
-        set_rows = rows[set_hits]
-        values = _scan.parse_values(words, lines.colon[rows[numeric]] + 1, lines.pipe[rows[numeric]])
-        vector = numeric[values.ok]
+        vector = ((code >= 0) & ~is_set & values.ok).nonzero()[0]
+        set_rows = is_set.nonzero()[0]
         # Lines left to the per-line path: in order with the vectorised ones, but for lines of
         # bound set keys (a set's members do not depend on order).
-        by_line = np.zeros(len(lines.start), dtype=np.bool_)
-        by_line[rows[vector]] = True
-        by_line[set_rows] = True
-        in_order = (~by_line & (lines.end > lines.start)).nonzero()[0]
-        starts, ends = lines.start, lines.end
+        handled = is_set.copy()
+        handled[vector] = True
+        in_order = (~handled & (length > 0)).nonzero()[0]
         if len(in_order) > SEGMENT_LIMIT:
             self._feed_lines(joined[:size])
         else:
-            vector_lines = rows[vector]
-            vector_slot = slot[vector]
-            vector_handle = handles[vector]
-            vector_value = values.value[values.ok]
-            vector_signed = values.signed[values.ok]
-            cuts = vector_lines.searchsorted(in_order).tolist()
+            vector_entry = entry[vector]
+            vector_value = values.value[vector]
+            vector_signed = values.signed[vector]
+            cuts = vector.searchsorted(in_order).tolist()
             begin = 0
             for line, cut in zip(in_order.tolist(), cuts, strict=True):
-                self._apply(
-                    vector_slot[begin:cut],
-                    vector_handle[begin:cut],
-                    vector_value[begin:cut],
-                    vector_signed[begin:cut],
-                )
+                self._apply(vector_entry[begin:cut], vector_value[begin:cut], vector_signed[begin:cut])
                 begin = cut
                 self._feed_lines(joined[starts[line] : ends[line]])
-            self._apply(
-                vector_slot[begin:], vector_handle[begin:], vector_value[begin:], vector_signed[begin:]
-            )
+            self._apply(vector_entry[begin:], vector_value[begin:], vector_signed[begin:])
             self._counts.lines += len(vector)
             self._counts.metrics += len(vector)
-            self._add_members(joined, lines, set_rows, slot[set_hits])
-        self._learn(joined, lines, rows[~hit], hashes[~hit])
+            self._add_members(joined, lines, set_rows, entry[set_rows] & _SLOT_MASK)
+        unknown = ((entry < 0) & lines.keyed & (length <= self._max_line)).nonzero()[0]
+        if len(unknown):
+            self._learn(joined, lines, unknown, hashes[unknown])
 
     def _add_members(self, joined: bytes, lines: _scan.Lines, rows: Int64s, slots: Int64s) -> None:
         """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.
@@ -634,22 +631,25 @@ class PreAggregator:
         self._counts.lines += added
         self._counts.metrics += added
 
-    def _apply(self, slot: Int64s, handle: Int64s, value: Floats, signed: npt.NDArray[np.bool_]) -> None:
-        """Add a run of bound, single-valued numeric lines (in arrival order) to their slots."""
-        if not len(slot):
+    def _apply(self, entry: Int64s, value: Floats, signed: npt.NDArray[np.bool_]) -> None:
+        """Add a run of bound, single-valued numeric lines (in arrival order) to their slots
+        (``entry``: what :attr:`_hashed` holds for each line's key)."""
+        if not len(entry):
             return
-        code = self._code[slot]
-        factor = self._factors[(handle >> _FACTOR_SHIFT) & _FACTOR_MASK]
+        slot = entry & _SLOT_MASK
+        code = entry >> _ENTRY_CODE_SHIFT
+        factor_index = (entry >> _FACTOR_SHIFT) & _FACTOR_MASK
         counter = code == _COUNTER
         if np.count_nonzero(counter):
-            np.add.at(self._acc0, slot[counter], value[counter] * factor[counter])
+            np.add.at(self._acc0, slot[counter], value[counter] * self._factors[factor_index[counter]])
         samples = code == _SAMPLES
         if np.count_nonzero(samples):
             self._seal_samples()
             self._chunks.append((slot[samples], value[samples]))
         gauge = code == _GAUGE
         if np.count_nonzero(gauge):
-            self._apply_gauges(slot[gauge], value[gauge], signed[gauge] & (factor[gauge] != 0.0))
+            delta = signed[gauge] & (self._factors[factor_index[gauge]] != 0.0)
+            self._apply_gauges(slot[gauge], value[gauge], delta)
 
     def _apply_gauges(self, slot: Int64s, value: Floats, delta: npt.NDArray[np.bool_]) -> None:
         """Gauge lines in order: the last absolute value of a slot wins, then the deltas after it add
@@ -675,25 +675,28 @@ class PreAggregator:
             np.add.at(acc1, delta_slots[after], value[deltas[after]])
 
     def _learn(self, joined: bytes, lines: _scan.Lines, rows: Int64s, hashes: npt.NDArray[np.uint64]) -> None:
-        """Remember the hashes of keys the per-line path has bound, for the next batches."""
-        if not len(rows):
-            return
+        """Remember the hashes of keys the per-line path has bound (lines ``rows``), for the
+        next batches."""
         unique, first = np.unique(hashes, return_index=True)
         bound = self._bound
+        gens = self._gen_v
+        codes = self._code_v
         starts, ends = lines.start, lines.end
         learnt: list[int] = []
-        handles: list[int] = []
+        entries: list[int] = []
         for index, row in enumerate(rows[first].tolist()):
             name, _, rest = joined[starts[row] : ends[row]].partition(b":")
             handle = bound.get((name, rest.partition(b"|")[2]))
             if handle is not None:
-                learnt.append(index)
-                handles.append(handle)
-        if handles:
+                slot = handle & _SLOT_MASK
+                if gens[slot] == handle >> _GEN_SHIFT:
+                    learnt.append(index)
+                    entries.append(handle & _ENTRY_KEY_BITS | codes[slot] << _ENTRY_CODE_SHIFT)
+        if entries:
             hashed = self._hashed
-            if hashed.size + len(handles) > SPEC_MAX_ENTRIES:
+            if hashed.size + len(entries) > SPEC_MAX_ENTRIES:
                 hashed.clear()
-            hashed.insert_many(unique[learnt], np.array(handles, dtype=np.int64))
+            hashed.insert_many(unique[learnt], np.array(entries, dtype=np.int64))
 
     def _value(self, raw: bytes) -> float | None:
         """A single value by the parser's rules, cached; None if packed, invalid or -0.0."""

@@ -24,6 +24,7 @@ able to craft such a pair gains nothing it could not do by sending the other key
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -154,14 +155,12 @@ def _finish(hashes: UInt64s) -> UInt64s:
     return hashes
 
 
-def key_hashes(words: WordView, lines: Lines, rows: Int64s) -> UInt64s:
-    """The 64-bit hash of ``(NAME, TAIL)`` of the keyed lines ``rows`` (TAIL: after the pipe)."""
-    if len(rows) == len(lines.start):  # every line (the usual case): no gathers
-        start, colon, pipe, end = lines.start, lines.colon, lines.pipe, lines.end
-    else:
-        start, colon, pipe, end = (lines.start[rows], lines.colon[rows], lines.pipe[rows], lines.end[rows])
+def key_hashes(words: WordView, lines: Lines) -> UInt64s:
+    """The 64-bit hash of ``(NAME, TAIL)`` of every line (TAIL: after the pipe); meaningful for
+    keyed lines only (for the others, some hash of bytes of the buffer)."""
+    start, colon, pipe, end = lines.start, lines.colon, lines.pipe, lines.end
     with np.errstate(over="ignore"):
-        seed = np.full(len(rows), _SEED, dtype=np.uint64)
+        seed = np.full(len(start), _SEED, dtype=np.uint64)
         hashes = _span_hashes(words, start, colon - start, seed)
         return _finish(_span_hashes(words, pipe + 1, end - pipe - 1, hashes))
 
@@ -323,6 +322,11 @@ class HashTable:
             pending = pending[more]
             place = (place[more] + 1) & self._mask
         return found
+
+    def drop(self, stale: Callable[[Int64s], Bools]) -> None:
+        """Forget the keys whose values ``stale`` picks (they read as absent from then on)."""
+        used = self._keys != 0
+        self._values[used & stale(self._values)] = -1
 
     def insert_many(self, hashes: UInt64s, values: Int64s | int = 0) -> None:
         """Insert distinct ``hashes`` with their ``values`` (one value for all, or one each)."""

@@ -336,6 +336,23 @@ def test_an_evicted_slot_is_bound_again_without_losing_a_line(line: bytes) -> No
     assert _contents(preagg.take()) == first
 
 
+def test_a_reused_slot_never_takes_lines_of_its_old_key_in_a_batch() -> None:
+    preagg = PreAggregator(Parser(), SimpleCounts(), 10, evict_after=1)
+    with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
+        preagg.feed_many([b"a:1|c"])  # bound by the per-line path, learnt by the batch table
+        preagg.feed_many([b"a:1|c"])  # the batch path
+        assert preagg.take().counters == {("a", ()): 2.0}
+        preagg.feed_many([b"b:1|c"])
+        preagg.take()  # a's slot ages and is evicted
+        preagg.feed_many([b"c:5|ms"])  # a new series in a's old slot
+        preagg.feed_many([b"a:2|c\nc:7|ms"])
+        partial = preagg.take()
+    assert partial.counters == {("a", ()): 2.0}
+    assert {key: list(values) for key, values in partial.samples.items()} == {
+        (MetricKind.TIMER, ("c", ()), 1.0): [5.0, 7.0]
+    }
+
+
 def test_take_hands_over_and_starts_empty() -> None:
     preagg = PreAggregator(Parser(), SimpleCounts(), 100)
     assert preagg.pending == 0

@@ -101,7 +101,7 @@ def test_equal_keys_hash_equal_and_distinct_keys_differ(keys: list[tuple[bytes, 
     values = [b"1", b"22.5", b"-3"]
     lines = [name + b":" + values[i % 3] + b"|" + tail for i, (name, tail) in enumerate(keys * 2)]
     _, _, words, located = scanned(lines)
-    hashes = _scan.key_hashes(words, located, np.arange(len(lines))).tolist()
+    hashes = _scan.key_hashes(words, located).tolist()
     by_key: dict[tuple[bytes, bytes], int] = {}
     for key, key_hash in zip(keys * 2, hashes, strict=True):
         assert by_key.setdefault(key, key_hash) == key_hash  # the value does not take part
