@@ -293,12 +293,46 @@ def group_argsort(values: FloatArray, groups: IntArray) -> IntArray:
     it is also fastest here, as the input usually arrives grouped already (runs for timsort).
     ``groups`` must be below 2**53 (exact as floats). A NaN sorts like +inf, at the end of
     its group (numpy would move complex numbers with a NaN part behind every group).
+
+    When every value is a whole number (timers in ms usually are) and the groups and the span
+    of the values fit in 63 bits together, the pairs are packed into one int64 instead:
+    ``group << bits | (value - min)`` orders exactly as ``(group, value)`` does, ties included
+    (``-0.0`` and ``0.0`` tie in both), so the stable sort gives the same permutation, faster
+    (integer compares, half the memory).
     """
+    fast = _integer_group_argsort(values, groups)
+    return _complex_group_argsort(values, groups) if fast is None else fast
+
+
+def _complex_group_argsort(values: FloatArray, groups: IntArray) -> IntArray:
     packed = np.empty(values.size, dtype=np.complex128)
     packed.real = groups
     nan = np.isnan(values)
     packed.imag = np.where(nan, np.inf, values) if nan.any() else values
     return np.argsort(packed, kind="stable").astype(np.int64, copy=False)
+
+
+def _integer_group_argsort(values: FloatArray, groups: IntArray) -> IntArray | None:
+    """:func:`group_argsort` through one int64 key, or None when the values are not all whole
+    numbers (NaN and infinities included) or the key would not fit in 63 bits."""
+    if values.size == 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        # NaN, infinities and magnitudes beyond int64 convert to garbage that fails the check.
+        whole = values.astype(np.int64)
+    if not np.array_equal(whole, values):
+        return None
+    low, high = int(whole.min()), int(whole.max())
+    first, last = int(groups.min()), int(groups.max())
+    bits = (high - low).bit_length()
+    if first < 0 or last.bit_length() + bits > 63:
+        return None
+    key = groups.astype(np.int64)
+    key <<= bits
+    if low:
+        whole -= low
+    key |= whole
+    return np.argsort(key, kind="stable").astype(np.int64, copy=False)
 
 
 def sketches_from_segments(

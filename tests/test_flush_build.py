@@ -1,0 +1,141 @@
+"""The fast paths of the flush build: each must give exactly what its plain counterpart gives.
+
+``build_flush_batch``'s semantics are covered by test_aggregate.py (against an Etsy model) and
+test_flush_golden.py; here the shortcuts are compared with the straightforward code they replace:
+the integer key of ``group_argsort``, the slot-descriptor construction of the sketch points
+and the lazily concatenated names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statsyard_agent import _aggregate, _sketch
+from statsyard_agent._aggregate import Aggregator, AggregatorConfig, build_flush_batch
+from statsyard_agent._types import Metric, MetricKind, SketchPoint, Tags
+
+
+def _reference_order(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    # lexsort is stable and sorts by the last key first: (group, value), ties in input order.
+    return np.lexsort((values, groups))
+
+
+whole_floats = st.one_of(
+    st.integers(-1000, 1000).map(float),
+    st.sampled_from([0.0, -0.0, 2.0**52, -(2.0**52), 2.0**53, 2.0**62, -(2.0**62), -(2.0**63)]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), whole_floats), min_size=1, max_size=200))
+def test_integer_sort_key_gives_the_stable_permutation(pairs: list[tuple[int, float]]) -> None:
+    groups = np.array([g for g, _ in pairs], dtype=np.int64)
+    values = np.array([v for _, v in pairs])
+    expected = _reference_order(values, groups)
+    assert np.array_equal(_sketch._complex_group_argsort(values, groups), expected)
+    fast = _sketch._integer_group_argsort(values, groups)
+    span = int(values.max()) - int(values.min())
+    if int(groups.max()).bit_length() + span.bit_length() <= 63:
+        assert fast is not None
+    if fast is not None:
+        assert fast.dtype == np.int64
+        assert np.array_equal(fast, expected)
+    assert np.array_equal(_sketch.group_argsort(values, groups), expected)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([3.0, 1.0, 0.5], id="fraction"),
+        pytest.param([3.0, math.nan, 1.0], id="nan"),
+        pytest.param([3.0, math.inf, 1.0], id="inf"),
+        pytest.param([3.0, -math.inf, 1.0], id="-inf"),
+        pytest.param([1e19, 1.0, 2.0], id="beyond-int64"),
+        pytest.param([2.0**63, 1.0, 2.0], id="two-to-the-63"),
+        pytest.param([-(2.0**62), 2.0**62, 0.0], id="span-too-wide-for-the-groups"),
+    ],
+)
+def test_integer_sort_key_declines_what_it_cannot_order(values: list[float]) -> None:
+    array = np.array(values * 4)
+    groups = np.repeat(np.arange(4, dtype=np.int64), len(values))
+    assert _sketch._integer_group_argsort(array, groups) is None
+    assert np.array_equal(_sketch.group_argsort(array, groups), _sketch._complex_group_argsort(array, groups))
+
+
+def test_integer_sort_key_accepts_narrow_group_dtypes() -> None:
+    values = np.array([5.0, -3.0, 5.0, 0.0, -0.0, 7.0])
+    groups = np.array([1, 0, 1, 0, 0, 1], dtype=np.int32)
+    order = _sketch._integer_group_argsort(values, groups)  # type: ignore[arg-type]
+    assert order is not None
+    assert order.tolist() == [1, 3, 4, 0, 2, 5]
+
+
+def test_integer_sort_key_leaves_empty_input_to_the_general_path() -> None:
+    empty = np.zeros(0)
+    assert _sketch._integer_group_argsort(empty, np.zeros(0, dtype=np.int64)) is None
+    assert _sketch.group_argsort(empty, np.zeros(0, dtype=np.int64)).size == 0
+
+
+def test_sketch_points_equal_the_constructor() -> None:
+    assert _aggregate._SKETCH_SETTERS, "SketchPoint is no longer the slotted dataclass expected"
+    bases = [f"stats.timers.t{i}" for i in range(1000)]
+    tags: list[Tags] = [(("k", str(i % 3)),) if i % 2 else () for i in range(1000)]
+    encoded = [bytes([1, 0, 0, 0, i % 200]) for i in range(1000)]
+    points = _aggregate._sketch_points(bases, tags, encoded)
+    expected = tuple(map(SketchPoint, bases, tags, encoded))
+    assert points == expected
+    assert all(type(p) is SketchPoint for p in points)
+    assert [hash(p) for p in points] == [hash(p) for p in expected]
+    assert repr(points[7]) == repr(expected[7])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        points[0].name = "other"  # type: ignore[misc]
+
+
+def test_sketch_points_fall_back_to_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_aggregate, "_SKETCH_SETTERS", ())
+    points = _aggregate._sketch_points(["a", "b"], [(), (("x", "y"),)], [b"1", b"2"])
+    assert points == (SketchPoint("a", (), b"1"), SketchPoint("b", (("x", "y"),), b"2"))
+
+
+def _metric(name: str, kind: MetricKind, values: tuple[float, ...], rate: float = 1.0) -> Metric:
+    return Metric(name, kind, values, (), rate, (), False, None, None)
+
+
+def test_batch_columns_line_up_for_every_kind_of_timer_series() -> None:
+    aggregator = Aggregator(AggregatorConfig(percentiles=(90.0, -50.0)))
+    aggregator.add(_metric("plain", MetricKind.TIMER, (3.0, 1.0, 2.0)))
+    aggregator.add(_metric("sampled", MetricKind.HISTOGRAM, (4.0, 0.5), rate=0.5))
+    aggregator.add(_metric("both", MetricKind.DISTRIBUTION, (1.5,)))
+    aggregator.add(_metric("both", MetricKind.DISTRIBUTION, (2.5,), rate=0.25))
+    aggregator.add(_metric("hollow", MetricKind.TIMER, ()))
+    aggregator.add(_metric("hits", MetricKind.COUNTER, (2.0,)))
+    snapshot = aggregator.take_snapshot(1_700_000_010, 10.0)
+    batch = build_flush_batch(snapshot)
+    assert type(batch.names) is tuple
+    assert type(batch.tags) is tuple
+    assert type(batch.rollups) is tuple
+    assert len(batch.names) == len(batch.tags) == len(batch.rollups) == batch.values.size
+    got = dict(zip(batch.names, batch.values.tolist(), strict=True))
+    assert len(got) == len(batch.names)  # no name twice
+    assert got["stats.timers.plain.median"] == 2.0
+    assert got["stats.histograms.sampled.count"] == 4.0
+    assert got["stats.distributions.both.count"] == 5.0
+    assert got["stats.distributions.both.sum"] == 4.0
+    assert got["stats.timers.hollow.count"] == 0.0
+    assert "stats.timers.hollow.sum" not in got
+    assert got["stats.counters.hits.rate"] == 0.2
+    assert [s.name for s in batch.sketches] == [
+        "stats.timers.plain",
+        "stats.histograms.sampled",
+        "stats.distributions.both",
+    ]
+    again = build_flush_batch(snapshot)
+    for field in ("names", "tags", "rollups", "sketches"):
+        assert getattr(again, field) == getattr(batch, field)
+    assert np.array_equal(again.values, batch.values)
