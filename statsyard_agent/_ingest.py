@@ -492,6 +492,18 @@ class PreAggregator:
         padded = b"\n".join([*datagrams, _PADDING])
         self._feed_batch(padded, len(padded) - len(_PADDING))
 
+    def feed_buffer(self, padded: bytes, size: int, datagrams: int) -> int:
+        """:meth:`feed` each of ``datagrams`` datagrams whose texts lie one after the other in
+        ``padded[:size]``, each ending with a newline (a receive worker reads them so), followed by
+        :data:`_scan.PADDING` bytes of any value; return how many newlines there are (the raw
+        lines the receive counters count)."""
+        self._fed += datagrams
+        if size < VECTOR_MIN_BYTES:
+            if size:
+                self._feed_lines(padded[:size])
+            return padded.count(b"\n", 0, size)
+        return self._feed_batch(padded, size)
+
     def _feed_lines(self, data: bytes) -> None:
         """The per-line path over the lines of ``data``."""
         parts = data.split(b"\n")
@@ -558,9 +570,10 @@ class PreAggregator:
         counts.lines += fast
         counts.metrics += fast
 
-    def _feed_batch(self, joined: bytes, size: int) -> None:
+    def _feed_batch(self, joined: bytes, size: int) -> int:
         """The vectorised path over the lines of ``joined[:size]`` (which ends with a newline and
-        is followed by :data:`_scan.PADDING` bytes; see the class doc)."""
+        is followed by :data:`_scan.PADDING` bytes; see the class doc); return how many newlines
+        there are."""
         buf = np.frombuffer(joined, dtype=np.uint8)
         words = _scan.word_view(joined)
         lines = _scan.locate_lines(buf[:size])
@@ -600,6 +613,7 @@ class PreAggregator:
         unknown = ((entry < 0) & lines.keyed & (length <= self._max_line)).nonzero()[0]
         if len(unknown):
             self._learn(joined, lines, unknown, hashes[unknown])
+        return len(starts)
 
     def _add_members(self, joined: bytes, lines: _scan.Lines, rows: Int64s, slots: Int64s) -> None:
         """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.

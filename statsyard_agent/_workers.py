@@ -46,7 +46,7 @@ from ._aggregate import Partial
 from ._config import Address, AgentConfig, IngestConfig
 from ._exceptions import StatsyardError
 from ._ingest import Shipment
-from ._receiver import FRAME_HEADER, LIVE_BYTES, QUIT, SHIP
+from ._receiver import FRAME_HEADER, LIVE_FIELDS, QUIT, SHARED_BYTES, SHIP, received_counts
 from ._state import AgentState
 from ._udp import bind_udp_socket, open_udp_socket, proc_udp_rows
 
@@ -130,14 +130,10 @@ class WorkerSlot:
 
     def received(self) -> list[int]:
         """What the current process has received: datagrams, bytes, lines."""
-        view = memoryview(self.live_map).cast("q")
-        try:
-            return list(view)
-        finally:
-            view.release()
+        return received_counts(self.live_map)
 
     def reset_live(self) -> None:
-        self.live_map[:] = bytes(LIVE_BYTES)
+        self.live_map[: 8 * LIVE_FIELDS] = bytes(8 * LIVE_FIELDS)
         self.shipped = [0, 0, 0]
         self.keys = []
 
@@ -160,8 +156,8 @@ class IngestWorkers:
         self.slots: list[WorkerSlot] = []
         for index, sock in enumerate(socks):
             live_fd = os.memfd_create(f"statsyard-ingest-{index}", 0)
-            os.ftruncate(live_fd, LIVE_BYTES)
-            self.slots.append(WorkerSlot(index, sock, live_fd, mmap.mmap(live_fd, LIVE_BYTES)))
+            os.ftruncate(live_fd, SHARED_BYTES)
+            self.slots.append(WorkerSlot(index, sock, live_fd, mmap.mmap(live_fd, SHARED_BYTES)))
 
     def close(self) -> None:
         """Release the shared counters (the sockets belong to the app)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +21,14 @@ from prometheus_client import generate_latest
 from statsyard_agent._config import Address, build_config
 from statsyard_agent._exceptions import ConfigError
 from statsyard_agent._protocol import ParserConfig
-from statsyard_agent._receiver import LIVE_FIELDS, Receiver
+from statsyard_agent._receiver import (
+    LIVE_FIELDS,
+    PENDING_BITS,
+    RECEIVE_OFFSET,
+    SHARED_BYTES,
+    Receiver,
+    received_counts,
+)
 from statsyard_agent._workers import open_ingest_sockets, worker_count
 from statsyard_agent.storage import Reader
 
@@ -263,14 +272,15 @@ def test_receiver_counts_before_it_parses_and_ships_what_it_aggregated() -> None
     server.bind(("127.0.0.1", 0))
     server.setblocking(False)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    live = memoryview(bytearray(8 * LIVE_FIELDS)).cast("q")
-    receiver = Receiver(server, ParserConfig(), 100, live)
+    shared = mmap.mmap(-1, SHARED_BYTES)
+    receiver = Receiver(server, ParserConfig(), 100, shared)
     for datagram in (b"a:1|c\na:2|c\n", b"bad line", b"t:5|ms|@0.5"):
         client.sendto(datagram, server.getsockname())
     got = 0
     while got < 3:  # loopback delivery is asynchronous
         got += receiver.drain()
-    assert list(live) == [3, 12 + 8 + 11, 4]  # datagrams, bytes, lines (trailing \n not a line)
+    # datagrams, bytes, lines (a trailing \n is not a line)
+    assert received_counts(shared) == [3, 12 + 8 + 11, 4]
     report, shipment = pickle.loads(receiver.ship())
     assert report["packets"] == 3
     assert report["raw_lines"] == 4
@@ -288,8 +298,21 @@ def test_receiver_counts_before_it_parses_and_ships_what_it_aggregated() -> None
     assert shipment.partial(keys.__getitem__).counters == {("a", ()): 4.0}
     report, shipment = pickle.loads(receiver.ship())
     assert (report["packets"], report["lines"], len(shipment.partial(keys.__getitem__))) == (0, 0, 0)
+    receiver.release()
+    shared.close()
     server.close()
     client.close()
+
+
+def test_lines_read_but_not_scanned_are_counted_from_the_shared_buffer() -> None:
+    # What the agent finds after a worker was killed between reading a batch and scanning it:
+    # 5 lines of earlier batches, and two datagrams in the buffer (a newline added after each).
+    shared = mmap.mmap(-1, SHARED_BYTES)
+    pending = b"a:1|c\n\nb:2|c\n" + b"x\ny\n"
+    shared[RECEIVE_OFFSET : RECEIVE_OFFSET + len(pending) + 3] = pending + b"\n\n\n"  # stale after
+    shared[: 8 * LIVE_FIELDS] = struct.pack("<3q", 7, 100, 5 << PENDING_BITS | len(pending))
+    assert received_counts(shared) == [7, 100, 5 + 5]
+    shared.close()
 
 
 def test_a_second_set_of_sockets_on_the_port_is_refused() -> None:
