@@ -49,14 +49,38 @@ def test_integer_sort_key_gives_the_stable_permutation(pairs: list[tuple[int, fl
     assert np.array_equal(_sketch.group_argsort(values, groups), expected)
 
 
+decimal_floats = st.one_of(
+    st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 4)).map(lambda p: p[0] / 10 ** p[1]),
+    st.sampled_from([0.1, 0.2, 0.30000000000000004, 0.3, 0.7, -0.0, 1e-3, 2.5e-4]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), decimal_floats), min_size=1, max_size=200))
+def test_decimal_sort_key_gives_the_stable_permutation(pairs: list[tuple[int, float]]) -> None:
+    # Decimals with up to 3 fraction digits take the integer key (scaled); others (4 digits,
+    # 0.1 + 0.2) must fall back; either way the permutation is the reference one.
+    groups = np.array([g for g, _ in pairs], dtype=np.int64)
+    values = np.array([v for _, v in pairs])
+    expected = _reference_order(values, groups)
+    fast = _sketch._integer_group_argsort(values, groups)
+    if all(round(v, 3) == v and abs(v) < 1e6 for v in values.tolist()):
+        assert fast is not None
+    if fast is not None:
+        assert np.array_equal(fast, expected)
+    assert np.array_equal(_sketch.group_argsort(values, groups), expected)
+
+
 @pytest.mark.parametrize(
     "values",
     [
-        pytest.param([3.0, 1.0, 0.5], id="fraction"),
+        pytest.param([3.0, 1.0, 0.5001], id="four-fraction-digits"),
+        pytest.param([0.1 + 0.2, 0.3], id="not-a-short-decimal"),
         pytest.param([3.0, math.nan, 1.0], id="nan"),
         pytest.param([3.0, math.inf, 1.0], id="inf"),
         pytest.param([3.0, -math.inf, 1.0], id="-inf"),
         pytest.param([1e19, 1.0, 2.0], id="beyond-int64"),
+        pytest.param([1e18, 0.5, 2.0], id="beyond-int64-once-scaled"),
         pytest.param([2.0**63, 1.0, 2.0], id="two-to-the-63"),
         pytest.param([-(2.0**62), 2.0**62, 0.0], id="span-too-wide-for-the-groups"),
     ],
