@@ -163,7 +163,10 @@ class Shipment:
     :meth:`partial`.
 
     ``sample_values`` holds every sample grouped by slot: slot ``sample_slots[i]``'s are
-    ``sample_values[sample_bounds[i]:sample_bounds[i + 1]]``, in arrival order.
+    ``sample_values[sample_bounds[i]:sample_bounds[i + 1]]``, in arrival order. Set members
+    likewise, as one UTF-8 text with a newline after each member (members hold no newline):
+    one object to pickle instead of a set of strings per slot, each set built in C at the
+    receiver's end.
     """
 
     counter_slots: Int64s = field(default_factory=_no_slots)
@@ -174,7 +177,9 @@ class Shipment:
     sample_slots: Int64s = field(default_factory=_no_slots)
     sample_bounds: Int64s = field(default_factory=_no_bounds)
     sample_values: Floats = field(default_factory=_no_values)
-    sets: dict[int, set[str]] = field(default_factory=dict)
+    set_slots: Int64s = field(default_factory=_no_slots)
+    set_bounds: Int64s = field(default_factory=_no_bounds)
+    set_members: bytes = b""
     new_keys: dict[int, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     service_checks: list[ServiceCheck] = field(default_factory=list)
@@ -206,7 +211,12 @@ class Shipment:
             run = array("d")
             run.frombytes(values[start:end].tobytes())
             samples[key_of(slot)] = run
-        partial.sets.update((key_of(slot), members) for slot, members in self.sets.items())
+        members = self.set_members.decode().split("\n")
+        bounds = self.set_bounds.tolist()
+        partial.sets.update(
+            (key_of(slot), set(members[start:end]))
+            for slot, start, end in zip(self.set_slots.tolist(), bounds, bounds[1:], strict=False)
+        )
         return partial
 
 
@@ -219,23 +229,24 @@ def _stable_order(slots: Int64s, high: int) -> Int64s:
     return order
 
 
-def _member_texts(joined: bytes, begin: Int64s, length: Int64s) -> list[str] | None:
-    """The texts ``joined[begin:begin + length]`` (none holding a ``|``), or None if one is not
-    UTF-8. Each span is gathered with the byte after it (a ``|``, or any byte for an empty
-    span, overwritten) as the separator, so one ``decode`` and one ``split`` make them all."""
-    if not len(begin):
-        return []
+def _gather_spans(data: npt.NDArray[np.uint8], begin: Int64s, length: Int64s) -> npt.NDArray[np.uint8]:
+    """The spans ``data[begin:begin + length]``, one after the other, each followed by a newline
+    (one numpy gather; the spans must hold no newline)."""
     width = length + 1
     ends = np.cumsum(width)
-    source = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(begin - (ends - width), width)
-    gathered = np.frombuffer(joined, dtype=np.uint8)[source]
-    gathered[ends - 1] = 124
+    total = int(ends[-1]) if len(ends) else 0
+    source = np.arange(total, dtype=np.int64) + np.repeat(begin - (ends - width), width)
+    gathered: npt.NDArray[np.uint8] = data[np.minimum(source, len(data) - 1)]
+    gathered[ends - 1] = 10
+    return gathered
+
+
+def _is_utf8(data: npt.NDArray[np.uint8]) -> bool:
     try:
-        texts: list[str] = gathered.tobytes().decode().split("|")
+        data.tobytes().decode()
     except UnicodeDecodeError:
-        return None
-    texts.pop()
-    return texts
+        return False
+    return True
 
 
 class PreAggregator:
@@ -289,7 +300,6 @@ class PreAggregator:
         "_live",
         "_max_line",
         "_max_series",
-        "_members",
         "_n_slots",
         "_parser",
         "_refused",
@@ -297,6 +307,9 @@ class PreAggregator:
         "_sample_slots",
         "_sample_values",
         "_service_checks",
+        "_set_chunks",
+        "_set_slots",
+        "_set_texts",
         "_slot_keys",
         "_slots_of",
         "_specs",
@@ -336,7 +349,10 @@ class PreAggregator:
         self._factor_index: dict[float, int] = {}
         self._keys: list[Any] = []  # slot -> the partial's key (series, or (kind, series, rate))
         self._slot_keys: list[Any] = []  # slot -> its key in _slots_of
-        self._members: list[set[str] | None] = []
+        # Set members of the interval: (slot, member) columns in arrival order, grouped at take.
+        self._set_slots: array[int] = array("q")
+        self._set_texts: list[str] = []
+        self._set_chunks: list[tuple[Int64s, Int64s, npt.NDArray[np.uint8]]] = []  # slots, lengths, bytes
         self._slots_of: dict[Any, int] = {}
         self._free: list[int] = []
         self._high = 0
@@ -414,15 +430,9 @@ class PreAggregator:
         self._take_samples(shipment)
         idle[shipment.sample_slots] = 0
 
-        members = self._members
-        for slot in slots[code == _SET].tolist():
-            held = members[slot]
-            if held:
-                shipment.sets[slot] = held
-                members[slot] = set()
-                idle[slot] = 0
-            else:
-                idle[slot] += 1
+        idle[slots[code == _SET]] += 1
+        self._take_members(shipment)
+        idle[shipment.set_slots] = 0
 
         # Keys go over the wire once per slot (again only when a slot is reused).
         shipped = np.concatenate(
@@ -430,7 +440,7 @@ class PreAggregator:
                 shipped_counters,
                 shipped_gauges,
                 shipment.sample_slots,
-                np.fromiter(shipment.sets, dtype=np.int64, count=len(shipment.sets)),
+                shipment.set_slots,
             ]
         )
         new = shipped[~self._announced[shipped]]
@@ -459,6 +469,34 @@ class PreAggregator:
         shipment.sample_bounds = np.append(starts, len(slots))
         shipment.sample_values = values[order]
 
+    def _take_members(self, shipment: Shipment) -> None:
+        """The interval's set members grouped by slot, as one text (see :class:`Shipment`): the
+        members' bytes reordered by one numpy gather."""
+        if self._set_slots:
+            encoded = [text.encode() for text in self._set_texts]
+            self._set_chunks.append(
+                (
+                    np.array(self._set_slots, dtype=np.int64),
+                    np.fromiter(map(len, encoded), np.int64, len(encoded)),
+                    np.frombuffer(b"\n".join([*encoded, b""]), dtype=np.uint8),
+                )
+            )
+            self._set_slots = array("q")
+            self._set_texts = []
+        chunks, self._set_chunks = self._set_chunks, []
+        if not chunks:
+            return
+        slots = np.concatenate([chunk[0] for chunk in chunks])
+        length = np.concatenate([chunk[1] for chunk in chunks])
+        data = np.concatenate([chunk[2] for chunk in chunks])
+        starts = np.cumsum(length + 1) - (length + 1)
+        order = _stable_order(slots, self._high)
+        slots = slots[order]
+        firsts = np.flatnonzero(np.diff(slots, prepend=-1))
+        shipment.set_slots = slots[firsts]
+        shipment.set_bounds = np.append(firsts, len(slots))
+        shipment.set_members = _gather_spans(data, starts[order], length[order]).tobytes()
+
     def _seal_samples(self) -> None:
         """Close the per-line path's sample buffer as a chunk (keeps arrival order)."""
         if self._sample_slots:
@@ -468,7 +506,7 @@ class PreAggregator:
 
     def _evict(self, slot: int) -> None:
         del self._slots_of[self._slot_keys[slot]]
-        self._keys[slot] = self._slot_keys[slot] = self._members[slot] = None
+        self._keys[slot] = self._slot_keys[slot] = None
         self._live[slot] = False
         self._gen[slot] = (self._gen[slot] + 1) & _GEN_MASK
         self._free.append(slot)
@@ -546,7 +584,8 @@ class PreAggregator:
                     slow += 1
                     self._parse_line(line)
                     continue
-                self._members[slot].add(member)  # type: ignore[union-attr]
+                self._set_slots.append(slot)
+                self._set_texts.append(member)
                 continue
             value = values.get(raw)
             if value is None:
@@ -616,28 +655,24 @@ class PreAggregator:
         return len(starts)
 
     def _add_members(self, joined: bytes, lines: _scan.Lines, rows: Int64s, slots: Int64s) -> None:
-        """Lines of bound set keys: each member into its slot's set, by the per-line path's rules.
-        The members are cut out with one numpy gather and decoded with one ``decode`` and one
-        ``split`` (a keyed line's member holds no ``:`` and no ``|``); what is left per line is
-        one ``set.add``."""
+        """Lines of bound set keys: each member into the interval's members, by the per-line
+        path's rules. A keyed line's member holds no ``:`` and no ``|``; the members are cut
+        out with one numpy gather and checked with one ``decode``, with no Python work per
+        member (they stay bytes until the receiver builds its sets)."""
         if not len(rows):
             return
         begin = lines.colon[rows] + 1
         length = lines.pipe[rows] - begin
         ok = length > 0  # an empty member: the parser says what
-        texts = _member_texts(joined, begin, length)
-        if texts is None:  # not all UTF-8: find which, one by one
-            texts = []
+        data = np.frombuffer(joined, dtype=np.uint8)
+        members = _gather_spans(data, begin, length)
+        if not ok.all() or not _is_utf8(members):  # find which, one by one
             for index, (at, size) in enumerate(zip(begin.tolist(), length.tolist(), strict=True)):
-                try:
-                    texts.append(joined[at : at + size].decode())
-                except UnicodeDecodeError:
-                    texts.append("")
-                    ok[index] = False
-        members = self._members
-        for slot, text, good in zip(slots.tolist(), texts, ok.tolist(), strict=True):
-            if good:
-                members[slot].add(text)
+                ok[index] = size > 0 and _is_utf8(data[at : at + size])
+            keep = ok.nonzero()[0]
+            slots, begin, length = slots[keep], begin[keep], length[keep]
+            members = _gather_spans(data, begin, length)
+        self._set_chunks.append((slots, length, members))
         refused = rows[~ok]  # empty or not UTF-8: the parser says what
         for start, end in zip(lines.start[refused].tolist(), lines.end[refused].tolist(), strict=True):
             self._feed_lines(joined[start:end])
@@ -752,7 +787,8 @@ class PreAggregator:
                 self._parse_line(line)
                 return
             if handle is not None:
-                self._members[handle & _SLOT_MASK].add(member)  # type: ignore[union-attr]
+                self._set_slots.append(handle & _SLOT_MASK)
+                self._set_texts.append(member)
         else:
             value = self._values.get(raw)
             if value is None:
@@ -850,7 +886,8 @@ class PreAggregator:
                 self._sample_slots.append(slot)
                 self._sample_values.append(value)
         elif code == _SET:
-            self._members[slot].update(metric.members)  # type: ignore[union-attr]
+            self._set_slots.extend([slot] * len(metric.members))
+            self._set_texts.extend(metric.members)
         else:
             acc0, acc1 = self._acc0_v, self._acc1_v
             for value in metric.values:
@@ -909,13 +946,11 @@ class PreAggregator:
             slot = self._free.pop()
             self._keys[slot] = key
             self._slot_keys[slot] = slot_key
-            self._members[slot] = set() if code == _SET else None
         else:
             slot = self._high
             self._high += 1
             self._keys.append(key)
             self._slot_keys.append(slot_key)
-            self._members.append(set() if code == _SET else None)
         self._slots_of[slot_key] = slot
         self._n_slots += 1
         self._live[slot] = True
