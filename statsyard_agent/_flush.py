@@ -9,13 +9,10 @@ nothing.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import math
 import time
-from collections.abc import Callable
 
 import trio
 
@@ -25,6 +22,8 @@ from ._metrics import Telemetry
 from ._reopen import reopen_if_replaced
 from ._state import AgentState
 from ._types import FlushBatch
+from .storage._heap import MALLOC_TRIM
+from .storage._heap import release_free_heap as _release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -110,41 +109,16 @@ def _timed_write(state: AgentState, telemetry: Telemetry, batch: FlushBatch) -> 
     except InjectedFault as exc:
         raise StorageError("injected disk failure") from exc
     state.faults.stall("slow_disk")
+    # TSDB.write gives the heap's free pages back itself (storage._heap): no trim here.
     written = state.tsdb.write(batch)
     telemetry.write_seconds.observe(time.perf_counter() - started)
-    release_free_heap()
     return written
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (musl, macOS): then a no-op."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]  # type: ignore[attr-defined]
-    trim.restype = ctypes.c_int  # type: ignore[attr-defined]
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_free_heap() -> None:
-    """Blocking (the writer's worker thread, after each write): give the heap's free pages back
-    to the kernel (glibc ``malloc_trim(0)``).
-
-    Why: each flush allocates and frees a few hundred bytes per series of temporaries (the
-    batch's names and columns, the WAL record, index registration payloads). glibc keeps freed
-    heap memory mapped, and after it frees a large mmap-ed block it raises its mmap threshold,
-    so later numpy columns of a few MB come from the heap too; measured with 100k StatsD series
-    (``bench/ingest.py --memory-split`` scenario), that left ~500 B per series resident that
-    nothing used. Costs 2-4 ms per call there. Python objects are unaffected (this releases
-    only pages malloc holds free).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+#: Kept under these names for callers and tests; the write itself now trims (see
+#: :mod:`statsyard_agent.storage._heap`), so the writer no longer calls it after each write.
+_MALLOC_TRIM = MALLOC_TRIM
+release_free_heap = _release_free_heap
 
 
 async def run_writer(state: AgentState, telemetry: Telemetry) -> None:

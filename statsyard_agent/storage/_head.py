@@ -8,8 +8,10 @@ A head is per retention group (each group has its own finest step). It is cut in
 in that window and its slots, which makes a sealed window one array write and a query one fancy
 index. It is stored slot-major and a slot's column is only initialised when the slot receives
 its first flush, so a window's memory grows with the slots written, not all at once (the first
-flush of 800k new series touches 6 MB, not 384 MB). A flush with end time ``t`` lands in the
-slot ``t - t % step`` (the slot Whisper would store a point stamped ``t`` in).
+flush of 800k new series touches 6 MB, not 384 MB). A slot whose only flush covered less than
+2/3 of the rows (idle series: a timer emits 2 points of its 14) is kept as row/value pairs
+instead, and becomes a column only if a second flush lands in it. A flush with end time ``t``
+lands in the slot ``t - t % step`` (the slot Whisper would store a point stamped ``t`` in).
 
 Several flushes in one slot (a flush interval shorter than the step, or a partial shutdown
 flush) combine with the series' rollup: SUM adds, MIN/MAX keep the extreme, LAST the latest,
@@ -32,8 +34,12 @@ from ._index import LOST_KIND, SKETCH_KIND, SeriesIndex
 from ._rollup import CodeArray, single_flush_value
 from ._wal import FlushRecord
 
-#: Slots per head window (10 minutes at a 10 s step). Memory: 8 bytes x series x slots.
+#: Slots per head window (10 minutes at a 10 s step). Memory: 8 bytes x series x slots
+#: written, or 12 bytes per point for a slot that one flush covered sparsely.
 WINDOW_SLOTS = 60
+#: A slot's single flush is kept as (int32 row, float64 value) pairs when that is smaller than
+#: the dense column (8 bytes a row): when it covers fewer than 2/3 of the window's rows.
+_SPARSE_POINT_BYTES = 12
 
 IntArray = npt.NDArray[np.int64]
 
@@ -74,7 +80,8 @@ class HeadWindow:
     step: int
     slots: int
     n_rows: int = 0
-    row_ids: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: Series id of each row; int32 like the index's key tables (4 bytes a row, not 8).
+    row_ids: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     row_codes: CodeArray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     row_of: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     #: ``slots x capacity``; column ``s`` holds rows ``[0, n_rows)`` (NaN = null) once
@@ -82,9 +89,19 @@ class HeadWindow:
     values: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     flushes: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     first_interval: FloatArray = field(default_factory=lambda: np.zeros(0))
+    #: slot -> ``(rows ascending, values)`` of a slot whose single flush covered few rows; its
+    #: column in ``values`` is then untouched (not resident) until a second flush needs it.
+    #: Why: a flush of idle series (a timer's 2 idle points of 14, zeros and last gauge values)
+    #: would otherwise cost 8 bytes per *row* of the window in every slot.
+    sparse: dict[int, tuple[npt.NDArray[np.int32], FloatArray]] = field(default_factory=dict)
     accumulators: dict[int, _SlotAccumulator] = field(default_factory=dict)
-    #: slot -> sketch series id -> the sketches flushed into that slot, in WAL order
-    sketches: dict[int, dict[int, list[bytes]]] = field(default_factory=dict)
+    #: slot -> one ``(ids, joined sketches, end offsets)`` per flush into that slot, in WAL
+    #: order. Why not ``sid -> list[bytes]``: that is a bytes object, a list and a dict entry
+    #: per timer and slot (~170 bytes), small objects allocated among a flush's temporaries
+    #: that keep whole allocator arenas resident; this is the sketch bytes plus 12 per sketch.
+    sketch_chunks: dict[int, list[tuple[npt.NDArray[np.int32], bytes, IntArray]]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.values = np.empty((self.slots, 0))
@@ -98,9 +115,27 @@ class HeadWindow:
     @property
     def points(self) -> int:
         return sum(
-            int(np.count_nonzero(~np.isnan(self.values[s, : self.n_rows])))
-            for s in np.flatnonzero(self.flushes).tolist()
+            int(np.count_nonzero(~np.isnan(self._column(s)))) for s in np.flatnonzero(self.flushes).tolist()
         )
+
+    def _dense_written(self) -> list[int]:
+        """The slots written whose column lives in ``values``."""
+        return [s for s in np.flatnonzero(self.flushes).tolist() if s not in self.sparse]
+
+    def _column(self, slot: int) -> FloatArray:
+        """Rows ``[0, n_rows)`` of written slot ``slot`` (a view when dense, else a new array)."""
+        held = self.sparse.get(slot)
+        if held is None:
+            return self.values[slot, : self.n_rows]
+        column = np.full(self.n_rows, np.nan)
+        column[held[0]] = held[1]
+        return column
+
+    def _densify(self, slot: int) -> None:
+        rows, values = self.sparse.pop(slot)
+        column = self.values[slot]
+        column[: self.n_rows] = np.nan
+        column[rows] = values
 
     def rows_for(self, ids: IntArray, codes: CodeArray) -> npt.NDArray[np.int64]:
         """Row of each (unique) id, creating rows for ids new to this window."""
@@ -108,7 +143,9 @@ class HeadWindow:
             return np.zeros(0, dtype=np.int64)
         top = int(ids.max()) + 1
         if len(self.row_of) < top:
-            grown = np.full(max(top, 2 * len(self.row_of)), -1, dtype=np.int32)
+            # Grown by 1/8, not doubled: every slot is written (-1), so all of it is resident,
+            # 4 bytes per series id for each head window.
+            grown = np.full(max(top + top // 8, len(self.row_of) + len(self.row_of) // 8), -1, dtype=np.int32)
             grown[: len(self.row_of)] = self.row_of
             self.row_of = grown
         rows = self.row_of[ids].astype(np.int64)
@@ -122,8 +159,8 @@ class HeadWindow:
             self.row_of[ids[new]] = fresh
             self.row_ids[fresh] = ids[new]
             self.row_codes[fresh] = codes[new]
-            written = np.flatnonzero(self.flushes)
-            if len(written):
+            written = self._dense_written()  # (a sparse slot's absent rows are null already)
+            if written:
                 self.values[written, first : first + count] = np.nan
             self.n_rows += count
         return rows
@@ -135,10 +172,10 @@ class HeadWindow:
         size = max(rows, 2 * capacity, 64)
         # np.empty: only the columns of written slots are ever touched (and copied).
         values = np.empty((self.slots, size))
-        for slot in np.flatnonzero(self.flushes).tolist():
+        for slot in self._dense_written():
             values[slot, : self.n_rows] = self.values[slot, : self.n_rows]
         self.values = values
-        row_ids = np.zeros(size, dtype=np.int64)
+        row_ids = np.zeros(size, dtype=np.int32)
         row_ids[:capacity] = self.row_ids
         self.row_ids = row_ids
         row_codes = np.zeros(size, dtype=np.uint8)
@@ -160,12 +197,19 @@ class HeadWindow:
         """Add one flush's points (unique ids, no NaN) to slot index ``slot``."""
         rows = self.rows_for(ids, codes)
         if self.flushes[slot] == 0:
-            column = self.values[slot]
-            if len(rows) < self.n_rows:  # (rows are unique: all equal means every row is set)
-                column[: self.n_rows] = np.nan
-            column[rows] = single_flush_value(values, codes, interval, self.step)
+            single = single_flush_value(values, codes, interval, self.step)
+            if _SPARSE_POINT_BYTES * len(rows) < 8 * self.n_rows:
+                order = np.argsort(rows)
+                self.sparse[slot] = (rows[order].astype(np.int32), single[order])
+            else:
+                column = self.values[slot]
+                if len(rows) < self.n_rows:  # (rows are unique: all equal means every row is set)
+                    column[: self.n_rows] = np.nan
+                column[rows] = single
             self.first_interval[slot] = interval
         else:
+            if slot in self.sparse:
+                self._densify(slot)
             acc = self.accumulators.get(slot)
             if acc is None:
                 acc = self._start_accumulating(slot, siblings)
@@ -189,7 +233,7 @@ class HeadWindow:
         mean = np.flatnonzero((codes == Rollup.MEAN) & present)
         if len(mean):
             acc.plain[mean] = column[mean]
-            weight = self._sibling_values(self.row_ids[mean], slot, siblings)
+            weight = self._sibling_values(self.row_ids[mean].astype(np.int64), slot, siblings)
             ok = ~np.isnan(weight) & (weight > 0)
             acc.total[mean] = np.where(ok, column[mean] * weight, 0.0)
             acc.weight[mean] = np.where(ok, weight, 0.0)
@@ -262,9 +306,25 @@ class HeadWindow:
         self.values[slot, rows] = new
 
     def add_sketches(self, slot: int, ids: IntArray, blobs: list[bytes]) -> None:
-        bucket = self.sketches.setdefault(slot, {})
-        for sid, blob in zip(ids.tolist(), blobs, strict=True):
-            bucket.setdefault(sid, []).append(blob)
+        if len(ids) != len(blobs):
+            raise ValueError("add_sketches: ids and blobs differ in length")
+        if blobs:
+            ends = np.cumsum(np.fromiter(map(len, blobs), np.int64, len(blobs)))
+            self.sketch_chunks.setdefault(slot, []).append((ids.astype(np.int32), b"".join(blobs), ends))
+
+    @property
+    def sketches(self) -> dict[int, dict[int, list[bytes]]]:
+        """slot -> sketch series id -> the sketches flushed into that slot, in WAL order (slots
+        and ids in order of first appearance). Built on each call from :attr:`sketch_chunks`."""
+        out: dict[int, dict[int, list[bytes]]] = {}
+        for slot, chunks in self.sketch_chunks.items():
+            by_id = out[slot] = {}
+            for ids, joined, ends in chunks:
+                start = 0
+                for sid, end in zip(ids.tolist(), ends.tolist(), strict=True):
+                    by_id.setdefault(sid, []).append(joined[start:end])
+                    start = end
+        return out
 
     def read(self, ids: IntArray, first_slot: int, last_slot: int) -> FloatArray:
         """Values of ``ids`` for slot indexes ``[first_slot, last_slot)`` (NaN when absent)."""
@@ -279,8 +339,15 @@ class HeadWindow:
             return out
         rows_has = rows[has]
         for slot in range(first_slot, last_slot):
-            if self.flushes[slot]:
+            if not self.flushes[slot]:
+                continue
+            held = self.sparse.get(slot)
+            if held is None:
                 out[has, slot - first_slot] = self.values[slot, rows_has]
+            elif len(held[0]):
+                at = np.minimum(np.searchsorted(held[0], rows_has), len(held[0]) - 1)
+                found = held[0][at] == rows_has
+                out[has[found], slot - first_slot] = held[1][at[found]]
         return out
 
     def export(self) -> tuple[IntArray, FloatArray]:
@@ -288,9 +355,11 @@ class HeadWindow:
         written = np.flatnonzero(self.flushes)
         if self.n_rows == 0 or len(written) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.slots))
-        columns = self.values[written, : self.n_rows]
+        columns = np.empty((len(written), self.n_rows))
+        for j, slot in enumerate(written.tolist()):
+            columns[j] = self._column(slot)
         keep = ~np.isnan(columns).all(axis=0)
-        ids = self.row_ids[: self.n_rows][keep]
+        ids = self.row_ids[: self.n_rows][keep].astype(np.int64)
         order = np.argsort(ids, kind="stable")
         out = np.full((len(order), self.slots), np.nan)
         out[:, written] = columns[:, keep][:, order].T
@@ -349,15 +418,20 @@ class GroupHead:
 
     def sketches(self, ids: IntArray, start: int, end: int) -> dict[int, dict[int, list[bytes]]]:
         """``slot time -> id -> sketches`` of ``ids`` within ``[start, end)``."""
-        wanted = set(ids.tolist())
+        wanted = np.unique(ids)
         out: dict[int, dict[int, list[bytes]]] = {}
         for wstart, window in self.windows.items():
-            for slot, by_id in window.sketches.items():
+            for slot, chunks in window.sketch_chunks.items():
                 t = wstart + slot * self.step
-                if start <= t < end:
-                    picked = {sid: blobs for sid, blobs in by_id.items() if sid in wanted}
-                    if picked:
-                        out[t] = picked
+                if not start <= t < end:
+                    continue
+                picked: dict[int, list[bytes]] = {}
+                for chunk_ids, joined, ends in chunks:
+                    for i in np.flatnonzero(np.isin(chunk_ids, wanted)).tolist():
+                        begin = int(ends[i - 1]) if i else 0
+                        picked.setdefault(int(chunk_ids[i]), []).append(joined[begin : int(ends[i])])
+                if picked:
+                    out[t] = picked
         return out
 
     def drop_before(self, frontier: int) -> None:
@@ -422,7 +496,7 @@ class HeadSet:
                 pos[has] = position[sib[has]]
                 found = pos >= 0
                 weights[mean[found]] = values[pos[found]]
-            gids = index.gids[ids]
+            gids = index.gids_of(ids)
             for gid, sel in _split_by_group(gids):
                 if self.sealed(gid, record.timestamp):
                     continue
@@ -447,7 +521,7 @@ class HeadSet:
             keep_list = in_range.tolist()
             blobs = [b for b, ok in zip(record.sketches, keep_list, strict=True) if ok]
             sketch_ids = sketch_ids[np.array(keep_list, dtype=bool)]
-            for gid, sel in _split_by_group(index.gids[sketch_ids]):
+            for gid, sel in _split_by_group(index.gids_of(sketch_ids)):
                 if self.sealed(gid, record.timestamp):
                     continue
                 if sel is None:

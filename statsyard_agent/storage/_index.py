@@ -38,6 +38,7 @@ from statsyard_agent._types import Rollup, Tags
 from . import _records
 from ._files import storage_error
 from ._keytable import KeyTable, distinct, hash_keys
+from ._names import NameColumn
 from ._retention import Tier
 
 MAGIC = b"SYIDX\x00\x00\x01"
@@ -153,11 +154,15 @@ class SeriesIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.names: list[str] = []
+        # A buffer, not a list of str: one name per stored series for the life of the process
+        # (see _names). Tags stay a list: its tuples are shared with the aggregator's keys.
+        self.names = NameColumn()
         self.tags: list[Tags] = []
         self._kinds = np.zeros(16, dtype=np.uint8)
-        self._gids = np.zeros(16, dtype=np.int64)
-        self._sibling = np.full(16, -1, dtype=np.int64)
+        # 4 bytes per stored series each, not 8: gids are u32 on disk, and ids fit in int32 as
+        # in the key tables; the properties below widen them (a transient copy per call).
+        self._gids = np.zeros(16, dtype=np.uint32)
+        self._sibling = np.full(16, -1, dtype=np.int32)
         self.groups: dict[int, tuple[Tier, ...]] = {}
         # Not dicts: see _keytable (they read names/tags above, by id).
         self.point_ids = KeyTable(self.names, self.tags)
@@ -186,13 +191,17 @@ class SeriesIndex:
 
     @property
     def gids(self) -> IntArray:
-        """Retention group of every series by id (a view: valid until the next change)."""
-        return self._gids[: len(self.names)]
+        """Retention group of every series by id (a copy)."""
+        return self._gids[: len(self.names)].astype(np.int64)
+
+    def gids_of(self, ids: IntArray) -> IntArray:
+        """Retention group of series ``ids`` (each a valid id), without copying every group."""
+        return self._gids[ids].astype(np.int64)
 
     @property
     def siblings(self) -> IntArray:
-        """Count sibling of every MEAN series by id, -1 elsewhere (a view)."""
-        return self._sibling[: len(self.names)]
+        """Count sibling of every MEAN series by id, -1 elsewhere (a copy)."""
+        return self._sibling[: len(self.names)].astype(np.int64)
 
     def sibling(self, sid: int) -> int:
         """The id of a MEAN series' count sibling (same tags), or -1."""
@@ -207,12 +216,13 @@ class SeriesIndex:
             return not len(names)
         first, last = int(ids[0]), int(ids[-1])
         if last - first + 1 == len(ids) and np.array_equal(ids, np.arange(first, last + 1)):
-            # Registered together, in this order (the usual case): list slices, compared in C.
-            return self.names[first : last + 1] == list(names) and self.tags[first : last + 1] == list(tags)
+            # Registered together, in this order (the usual case): names compared as bytes, tags
+            # as list slices, in C.
+            return self.names.matches(first, names) and self.tags[first : last + 1] == list(tags)
         id_list = ids.tolist()
-        return list(map(self.names.__getitem__, id_list)) == list(names) and list(
-            map(self.tags.__getitem__, id_list)
-        ) == list(tags)
+        return self.names.take(id_list) == list(names) and list(map(self.tags.__getitem__, id_list)) == list(
+            tags
+        )
 
     def group_id(self, tiers: tuple[Tier, ...]) -> int | None:
         for gid, known in self.groups.items():
@@ -314,47 +324,49 @@ class SeriesIndex:
         self._sibling[first:total] = -1
         self.names.extend(names)
         self.tags.extend(tags)
-        point_ids = self.point_ids
-        key_names: Sequence[str]
-        key_tags: Sequence[Tags]
-        if new_point_hashes is not None:
-            key_names, key_tags = names, tags
-            point_ids.insert_new(np.arange(first, total, dtype=np.int64), new_point_hashes)
-        else:
-            point = (kinds != LOST_KIND) & (kinds != SKETCH_KIND)
-            if point.all():
+        # The lookups below mostly hit the names just added: read them from the list.
+        with self.names.recent(first, names):
+            point_ids = self.point_ids
+            key_names: Sequence[str]
+            key_tags: Sequence[Tags]
+            if new_point_hashes is not None:
                 key_names, key_tags = names, tags
-                _add_first(point_ids, np.arange(first, total, dtype=np.int64), names, tags)
+                point_ids.insert_new(np.arange(first, total, dtype=np.int64), new_point_hashes)
             else:
-                where = np.flatnonzero(point)
-                key_names = [names[i] for i in where.tolist()]
-                key_tags = [tags[i] for i in where.tolist()]
-                sketch = np.flatnonzero(kinds == SKETCH_KIND)
-                if len(sketch):
-                    _add_first(
-                        self.sketch_ids,
-                        sketch + first,
-                        [names[i] for i in sketch.tolist()],
-                        [tags[i] for i in sketch.tolist()],
-                    )
-                _add_first(point_ids, where + first, key_names, key_tags)
-        self._resolve_pending_mean(key_names, key_tags)
-        mean = np.flatnonzero(kinds == Rollup.MEAN).tolist()
-        if mean:
-            count_names: list[str] = []
-            count_tags: list[Tags] = []
-            sids: list[int] = []
-            for i in mean:
-                count_name = sibling_count_name(names[i])
-                if count_name is not None:
-                    count_names.append(count_name)
-                    count_tags.append(tags[i])
-                    sids.append(first + i)
-            others = point_ids.find(hash_keys(count_names, count_tags), count_names, count_tags)
-            self._sibling[sids] = others
-            pending = self._pending_mean
-            for j in np.flatnonzero(others < 0).tolist():
-                pending.setdefault((count_names[j], count_tags[j]), []).append(sids[j])
+                point = (kinds != LOST_KIND) & (kinds != SKETCH_KIND)
+                if point.all():
+                    key_names, key_tags = names, tags
+                    _add_first(point_ids, np.arange(first, total, dtype=np.int64), names, tags)
+                else:
+                    where = np.flatnonzero(point)
+                    key_names = [names[i] for i in where.tolist()]
+                    key_tags = [tags[i] for i in where.tolist()]
+                    sketch = np.flatnonzero(kinds == SKETCH_KIND)
+                    if len(sketch):
+                        _add_first(
+                            self.sketch_ids,
+                            sketch + first,
+                            [names[i] for i in sketch.tolist()],
+                            [tags[i] for i in sketch.tolist()],
+                        )
+                    _add_first(point_ids, where + first, key_names, key_tags)
+            self._resolve_pending_mean(key_names, key_tags)
+            mean = np.flatnonzero(kinds == Rollup.MEAN).tolist()
+            if mean:
+                count_names: list[str] = []
+                count_tags: list[Tags] = []
+                sids: list[int] = []
+                for i in mean:
+                    count_name = sibling_count_name(names[i])
+                    if count_name is not None:
+                        count_names.append(count_name)
+                        count_tags.append(tags[i])
+                        sids.append(first + i)
+                others = point_ids.find(hash_keys(count_names, count_tags), count_names, count_tags)
+                self._sibling[sids] = others
+                pending = self._pending_mean
+                for j in np.flatnonzero(others < 0).tolist():
+                    pending.setdefault((count_names[j], count_tags[j]), []).append(sids[j])
         self.version += 1
 
     def _resolve_pending_mean(self, names: Sequence[str], tags: Sequence[Tags]) -> None:

@@ -5,7 +5,8 @@ Why not a dict: a dict keyed by ``(name, tags)`` costs, per series, a 56-byte ke
 and the index holds one entry per *stored* series (a StatsD timer is ~14 of them). This table
 keeps only an open-addressing array of int32 ids (linear probing, load factor at most 1/2, so
 8 to 16 bytes per series) and compares keys against the index's own ``names`` / ``tags``
-columns, which it shares rather than copies.
+columns, which it shares rather than copies (``names`` is a :class:`~._names.NameColumn` in the
+index, read in bulk with its ``take``; a plain list works too).
 
 Lookups are vectorised: :func:`hash_keys` hashes a whole batch of keys in C, :meth:`KeyTable.find`
 probes every key at once with numpy, one probe round per step of the longest probe sequence,
@@ -20,12 +21,14 @@ never stored on disk, and a table is rebuilt from the keys when it grows.
 from __future__ import annotations
 
 import operator
-from collections.abc import ItemsView, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._types import Tags
+
+from ._names import NameColumn
 
 IntArray = npt.NDArray[np.int64]
 Key = tuple[str, Tags]
@@ -48,8 +51,18 @@ def distinct(hashes: IntArray) -> bool:
     return bool((ordered[1:] != ordered[:-1]).all())
 
 
-def _equal(left: Iterator[object], right: Iterator[object], count: int) -> npt.NDArray[np.bool_]:
+def _equal(left: Iterable[object], right: Iterable[object], count: int) -> npt.NDArray[np.bool_]:
     return np.fromiter(map(operator.eq, left, right), dtype=bool, count=count)
+
+
+def take_names(
+    names: Sequence[str], ids: list[int], inflated: dict[int, bytes] | None = None
+) -> Iterable[str]:
+    """``names[i] for i in ids``: in bulk from a :class:`NameColumn` (a region inflated and
+    decoded at once, blocks cached in ``inflated`` if given), lazily from a list."""
+    if isinstance(names, NameColumn):
+        return names.take(ids, inflated)
+    return map(names.__getitem__, ids)
 
 
 class KeyTable(Mapping[Key, int]):
@@ -64,7 +77,7 @@ class KeyTable(Mapping[Key, int]):
 
     __slots__ = ("_count", "_names", "_slots", "_tags")
 
-    def __init__(self, names: list[str], tags: list[Tags]) -> None:
+    def __init__(self, names: Sequence[str], tags: list[Tags]) -> None:
         self._names = names
         self._tags = tags
         self._slots: npt.NDArray[np.int32] = np.full(_MIN_SLOTS, _EMPTY, dtype=np.int32)
@@ -91,9 +104,8 @@ class KeyTable(Mapping[Key, int]):
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[Key]:
-        names, tags = self._names, self._tags
-        for sid in self._ids().tolist():
-            yield names[sid], tags[sid]
+        ids = self._ids().tolist()
+        yield from zip(take_names(self._names, ids), map(self._tags.__getitem__, ids), strict=True)
 
     def items(self) -> ItemsView[Key, int]:
         """Like a dict's, but iterated without a lookup per key."""
@@ -116,6 +128,11 @@ class KeyTable(Mapping[Key, int]):
         todo = np.arange(count)
         pos = hashes & mask
         known_names, known_tags = self._names, self._tags
+        if isinstance(known_names, NameColumn) and 8 * count >= len(known_names):
+            # Many keys: decode every stored name once for all the probe rounds (transient)
+            # instead of a region per round.
+            known_names = known_names[:]
+        inflated: dict[int, bytes] = {}  # blocks inflated by one round serve the next ones
         while len(todo):
             cand = slots[pos]
             live = cand != _EMPTY
@@ -125,7 +142,7 @@ class KeyTable(Mapping[Key, int]):
                     break
             which, held = todo.tolist(), cand.tolist()
             n = len(which)
-            same = _equal(map(names.__getitem__, which), map(known_names.__getitem__, held), n)
+            same = _equal(map(names.__getitem__, which), take_names(known_names, held, inflated), n)
             same &= _equal(map(tags.__getitem__, which), map(known_tags.__getitem__, held), n)
             out[todo[same]] = cand[same]
             other = ~same
@@ -152,7 +169,7 @@ class KeyTable(Mapping[Key, int]):
         self._slots = np.full(size, _EMPTY, dtype=np.int32)
         if len(held):
             id_list = held.tolist()
-            names = list(map(self._names.__getitem__, id_list))
+            names = list(take_names(self._names, id_list))
             tags = list(map(self._tags.__getitem__, id_list))
             self._place(held, hash_keys(names, tags))
 
@@ -176,6 +193,6 @@ class _Items(ItemsView[Key, int]):
 
     def __iter__(self) -> Iterator[tuple[Key, int]]:
         table = self._mapping
-        names, tags = table._names, table._tags
-        for sid in table._ids().tolist():
-            yield (names[sid], tags[sid]), sid
+        ids = table._ids().tolist()
+        names = take_names(table._names, ids)
+        yield from zip(zip(names, map(table._tags.__getitem__, ids), strict=True), ids, strict=True)

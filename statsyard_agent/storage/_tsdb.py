@@ -42,6 +42,7 @@ from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
 from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
 from ._head import HeadSet
+from ._heap import release_free_heap
 from ._index import SeriesIndex
 from ._keytable import distinct, hash_keys
 from ._maintain import DiskUsage, Maintenance
@@ -74,6 +75,46 @@ class WriterStats:
     late_points_dropped: int
     wal_bytes: int
     partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptIds:
+    """An id column kept from one write to the next, in as few bytes as it allows.
+
+    Why: the writer keeps two (the last batch's ids, the last WAL record's ids), each one per
+    stored series for the life of the process. ``arange(start, stop)`` (the usual case: a batch
+    whose series were registered together) is kept as its bounds; anything else as int32, which
+    holds every id (the key tables store ids as int32 too).
+    """
+
+    start: int
+    stop: int
+    packed: npt.NDArray[np.int32] | None
+
+    @classmethod
+    def of(cls, ids: IntArray) -> _KeptIds:
+        n = len(ids)
+        if n:
+            first = int(ids[0])
+            if int(ids[-1]) == first + n - 1 and np.array_equal(ids, np.arange(first, first + n)):
+                return cls(first, first + n, None)
+        return cls(0, 0, ids.astype(np.int32))
+
+    def __len__(self) -> int:
+        return self.stop - self.start if self.packed is None else len(self.packed)
+
+    def ids(self) -> IntArray:
+        """The column as int64 (a new array)."""
+        if self.packed is None:
+            return np.arange(self.start, self.stop, dtype=np.int64)
+        return self.packed.astype(np.int64)
+
+    def equals(self, ids: IntArray) -> bool:
+        if len(ids) != len(self):
+            return False
+        if self.packed is None:
+            return bool(np.array_equal(ids, np.arange(self.start, self.stop)))
+        return bool(np.array_equal(ids, self.packed))
 
 
 @dataclass(slots=True)
@@ -115,11 +156,11 @@ class TSDB:
         self._wal: AppendFile | None = None
         self._next_seq = 1
         self._max_wal_id = -1
-        self._previous_ids: IntArray | None = None
+        self._previous_ids: _KeptIds | None = None
         self._fingerprints: collections.deque[tuple[int, int, int, int]] = collections.deque(
             maxlen=_FINGERPRINTS
         )
-        self._last_ids: IntArray | None = None
+        self._last_ids: _KeptIds | None = None
         self._points_written = 0
         self._late_dropped = 0
         self._usage = DiskUsage()
@@ -275,6 +316,7 @@ class TSDB:
         counted (``stats.late_points_dropped``). Raises StorageError (ENOSPC, EACCES, the
         directory removed...) with nothing half-written left behind: the same batch may be
         retried and is stored exactly once. Raises ValueError for a malformed batch.
+        Afterwards the heap's free pages go back to the kernel (see :mod:`._heap`).
         """
         n = len(batch.names)
         if not (len(batch.tags) == len(batch.rollups) == len(batch.values) == n):
@@ -283,41 +325,48 @@ class TSDB:
         if not (interval > 0 and np.isfinite(interval)):
             raise ValueError(f"FlushBatch.interval must be positive, got {batch.interval!r}")
         timestamp = int(batch.timestamp)
-        with self._mutex:
-            self._check_usable()
-            ids = self._point_ids(batch)
-            sketch_ids = self._sketch_ids(batch.sketches)
-            values = np.asarray(batch.values, dtype=np.float64)
-            present = ~np.isnan(values) & _last_occurrence(ids, len(self._index))
-            unsealed = self._unsealed(ids, timestamp)
-            keep = present & unsealed
-            dropped_late = int((present & ~unsealed).sum())
-            sketch_keep = _last_occurrence(sketch_ids, len(self._index))
-            sketch_keep &= self._unsealed(sketch_ids, timestamp)
-            record = FlushRecord(
+        try:
+            with self._mutex:
+                return self._write(batch, interval, timestamp)
+        finally:
+            # Outside the lock: readers of this process need not wait for it.
+            release_free_heap()
+
+    def _write(self, batch: FlushBatch, interval: float, timestamp: int) -> int:
+        self._check_usable()
+        ids = self._point_ids(batch)
+        sketch_ids = self._sketch_ids(batch.sketches)
+        values = np.asarray(batch.values, dtype=np.float64)
+        present = ~np.isnan(values) & _last_occurrence(ids, len(self._index))
+        unsealed = self._unsealed(ids, timestamp)
+        keep = present & unsealed
+        dropped_late = int((present & ~unsealed).sum())
+        sketch_keep = _last_occurrence(sketch_ids, len(self._index))
+        sketch_keep &= self._unsealed(sketch_ids, timestamp)
+        record = FlushRecord(
+            timestamp,
+            interval,
+            ids[keep],
+            values[keep],
+            sketch_ids[sketch_keep],
+            [p.sketch for p, k in zip(batch.sketches, sketch_keep.tolist(), strict=True) if k],
+        )
+        fingerprint = _fingerprint(record)
+        if fingerprint in self._fingerprints:
+            return len(record.ids)  # a retry of a batch already stored
+        if len(record.ids) or len(record.sketch_ids):
+            self._log(record)
+            self._heads.apply(record)
+        self._fingerprints.append(fingerprint)
+        self._points_written += len(record.ids)
+        self._late_dropped += dropped_late
+        if dropped_late:
+            log.warning(
+                "dropped %d points stamped %d: their window is already sealed",
+                dropped_late,
                 timestamp,
-                interval,
-                ids[keep],
-                values[keep],
-                sketch_ids[sketch_keep],
-                [p.sketch for p, k in zip(batch.sketches, sketch_keep.tolist(), strict=True) if k],
             )
-            fingerprint = _fingerprint(record)
-            if fingerprint in self._fingerprints:
-                return len(record.ids)  # a retry of a batch already stored
-            if len(record.ids) or len(record.sketch_ids):
-                self._log(record)
-                self._heads.apply(record)
-            self._fingerprints.append(fingerprint)
-            self._points_written += len(record.ids)
-            self._late_dropped += dropped_late
-            if dropped_late:
-                log.warning(
-                    "dropped %d points stamped %d: their window is already sealed",
-                    dropped_late,
-                    timestamp,
-                )
-            return len(record.ids)
+        return len(record.ids)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -340,7 +389,7 @@ class TSDB:
         frontier = self._heads.frontier
         if not frontier or len(ids) == 0:
             return out
-        gids = self._index.gids[ids]
+        gids = self._index.gids_of(ids)
         for gid, edge in frontier.items():
             if timestamp < edge:
                 out &= gids != gid
@@ -348,9 +397,10 @@ class TSDB:
 
     def _point_ids(self, batch: FlushBatch) -> IntArray:
         names, tags = batch.names, batch.tags
-        cached = self._last_ids
-        if cached is not None and len(cached) == len(names) and self._index.same_keys(cached, names, tags):
-            return cached  # the usual case: the same series as the previous flush
+        if self._last_ids is not None and len(self._last_ids) == len(names):
+            cached = self._last_ids.ids()
+            if self._index.same_keys(cached, names, tags):
+                return cached  # the usual case: the same series as the previous flush
         point_ids = self._index.point_ids
         hashes = hash_keys(names, tags)
         if point_ids:
@@ -385,7 +435,7 @@ class TSDB:
                 ids[missing] = point_ids.find(new_hashes, new_names, new_tags)
         # Only the ids: the keys are checked against the index's own columns next time, so the
         # previous batch's names (a string per stored series) need not stay alive.
-        self._last_ids = ids
+        self._last_ids = _KeptIds.of(ids)
         return ids
 
     def _sketch_ids(self, sketches: tuple[SketchPoint, ...]) -> IntArray:
@@ -480,23 +530,23 @@ class TSDB:
                 f"the WAL segment {wal.path} was removed behind the agent's back; restart the agent"
             )
         previous = self._previous_ids
-        same = previous is not None and np.array_equal(previous, record.ids)
+        same = previous is not None and previous.equals(record.ids)
         payload = _records.frame(_wal.encode_flush(record, same_ids=same))
         try:
             wal.append(payload, fsync=self.config.fsync)
         except OSError as exc:
             raise _files.storage_error("append to the WAL segment", wal.path, exc) from exc
-        self._previous_ids = record.ids
+        self._previous_ids = _KeptIds.of(record.ids)
         segment = self._segments[-1]
         segment.size = wal.size
         self._note_record_groups(segment, record)
 
     def _note_record_groups(self, segment: _Segment, record: FlushRecord) -> None:
-        gids = self._index.gids
-        ids = record.ids[record.ids < len(gids)]
-        sketch_ids = record.sketch_ids[record.sketch_ids < len(gids)]
-        present = _distinct(gids[ids])
-        present.update(_distinct(gids[sketch_ids]))
+        known = len(self._index)
+        ids = record.ids[record.ids < known]
+        sketch_ids = record.sketch_ids[record.sketch_ids < known]
+        present = _distinct(self._index.gids_of(ids))
+        present.update(_distinct(self._index.gids_of(sketch_ids)))
         for gid in present:
             if record.timestamp > segment.max_timestamp.get(gid, -(2**62)):
                 segment.max_timestamp[gid] = record.timestamp
