@@ -40,8 +40,12 @@ Counting (into the ``counts`` object given, e.g. the agent's ingest counters): `
 lines), ``metrics`` (one per metric, so per value of a packed gauge line), ``events``,
 ``service_checks`` and ``parse_errors[reason]``, exactly as ``parse_datagram`` reports them.
 
-Memory: bound pairs (by bytes and by hash), specs, cached values and distinct sample rates are
-bounded (cleared when full, or unbound past the limit); slots
+Memory: bound pairs (by 64-bit hash: Python's ``hash((NAME, TAIL))`` for the per-line path,
+the scanner's for batches; two pairs with one hash would share a series, see
+:mod:`statsyard_agent._scan` on why that is accepted), specs, cached values and distinct sample
+rates are bounded (cleared when full, or unbound past the limit); the parser's caches are
+emptied at each take (bound pairs never reach the parser, so its caches only serve new keys
+and would otherwise keep a name per series); slots
 are bounded by ``max_series``: a metric of a new series beyond it is refused and counted in the
 partial (``refused``), as the aggregator's own guard would. Slots of series gone quiet are evicted
 after a few takes, which frees room again.
@@ -325,9 +329,11 @@ class PreAggregator:
         self._max_series = min(max_series, MAX_SLOTS)
         self._max_line = parser.config.max_line_bytes
         self._delta_gauges = 1.0 if parser.config.gauge_sign == "delta" else 0.0
-        self._specs: dict[tuple[bytes, bytes], _Spec] = {}
+        # Bound keys and specs by hash((NAME, TAIL)): an int per key instead of two bytes and
+        # a tuple (~110 bytes less per series); 64 bits, as the batch table (see _scan's doc).
+        self._specs: dict[int, _Spec] = {}
         self._values: dict[bytes, float] = {}
-        self._bound: dict[tuple[bytes, bytes], int] = {}
+        self._bound: dict[int, int] = {}
         self._hashed = _scan.HashTable(16_384)
         # Columns: np.zeros maps its pages lazily, so capacity for max_series costs RSS only as
         # slots are used (and the arrays never move, so the memoryviews stay valid).
@@ -389,6 +395,7 @@ class PreAggregator:
 
     def take_shipment(self) -> Shipment:
         """:meth:`take`, by slot number (what a receive worker ships: see :class:`Shipment`)."""
+        self._parser.clear_caches()
         shipment = Shipment(
             events=self._events,
             service_checks=self._service_checks,
@@ -561,16 +568,17 @@ class PreAggregator:
         for line in parts:
             name, _, rest = line.partition(b":")
             raw, _, tail = rest.partition(b"|")
-            handle = bound.get((name, tail))
+            key = hash((name, tail))
+            handle = bound.get(key)
             if handle is None or (long_lines and len(line) > self._max_line):
                 slow += 1
-                self._slow(line, name, raw, tail)
+                self._slow(line, key, name, raw)
                 continue
             slot = handle & _SLOT_MASK
             if gens[slot] != handle >> _GEN_SHIFT:  # an evicted slot: bind the key again
                 slow += 1
-                del bound[(name, tail)]
-                self._slow(line, name, raw, tail)
+                del bound[key]
+                self._slow(line, key, name, raw)
                 continue
             code = codes[slot]
             if code == _SET:
@@ -735,7 +743,7 @@ class PreAggregator:
         entries: list[int] = []
         for index, row in enumerate(rows[first].tolist()):
             name, _, rest = joined[starts[row] : ends[row]].partition(b":")
-            handle = bound.get((name, rest.partition(b"|")[2]))
+            handle = bound.get(hash((name, rest.partition(b"|")[2])))
             if handle is not None:
                 slot = handle & _SLOT_MASK
                 if gens[slot] == handle >> _GEN_SHIFT:
@@ -765,12 +773,13 @@ class PreAggregator:
 
     # -- slow path ---------------------------------------------------------------------------
 
-    def _slow(self, line: bytes, name: bytes, raw: bytes, tail: bytes) -> None:
-        """A line without a bound slot: bind it through its spec, or let the parser decide."""
-        key = (name, tail)
+    def _slow(self, line: bytes, key: int, name: bytes, raw: bytes) -> None:
+        """A line without a bound slot (``key``: the hash of its (NAME, TAIL)): bind it through
+        its spec, or let the parser decide."""
         spec = self._specs.get(key)
         if spec is None or len(line) > self._max_line:
-            self._parse_line(line, key)
+            # With a "|" before the first ":" the parser always refuses the line: never bound.
+            self._parse_line(line, None if b"|" in name else key)
             return
         kind, series, rate = spec
         if kind is _KIND_SET:
@@ -822,8 +831,9 @@ class PreAggregator:
             self._acc0_v[slot] = 1.0
             self._acc1_v[slot] = value
 
-    def _parse_line(self, line: bytes, key: tuple[bytes, bytes] | None = None) -> None:
-        """Let the parser handle one line; when ``key`` is given, bind it to the slot the line's
+    def _parse_line(self, line: bytes, key: int | None = None) -> None:
+        """Let the parser handle one line; when ``key`` (the hash of its (NAME, TAIL); never given
+        for a NAME holding a ``|``) is given, bind it to the slot the line's
         (first) metric went into, so the key's next lines take the fast path; if the series cap
         refused that metric, keep its spec instead, so the key's next lines are refused without
         a parse (specs are kept only for such keys: a bound key needs none)."""
@@ -851,7 +861,7 @@ class PreAggregator:
             else:
                 self._service_checks.append(item)
                 counts.service_checks += 1
-        if key is not None and isinstance(first, Metric) and b"|" not in key[0]:
+        if key is not None and isinstance(first, Metric):
             if first_handle is not None:
                 if (first_handle >> _FACTOR_SHIFT) & _FACTOR_MASK == _UNBOUND:
                     return
@@ -900,7 +910,7 @@ class PreAggregator:
                     acc1[slot] = value
         return handle
 
-    def _bind(self, key: tuple[bytes, bytes], kind: MetricKind, series: SeriesKey, rate: float) -> int | None:
+    def _bind(self, key: int, kind: MetricKind, series: SeriesKey, rate: float) -> int | None:
         handle = self._slot(kind, series, rate)
         if handle is not None and (handle >> _FACTOR_SHIFT) & _FACTOR_MASK != _UNBOUND:
             bound = self._bound

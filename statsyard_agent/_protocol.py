@@ -273,6 +273,12 @@ class Parser:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def clear_caches(self) -> None:
+        """Empty the caches of names, tags, rates and values (they refill from traffic)."""
+        for cache in (self._names, self._tags, self._rates, self._values):
+            cache.clear()
+            cache.cost = 0
+
     def parse_datagram(self, data: bytes) -> ParseResult:
         """Parse every line of one datagram. Never raises.
 
