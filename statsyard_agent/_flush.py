@@ -155,6 +155,9 @@ async def run_writer(state: AgentState, telemetry: Telemetry) -> None:
             backoff = min(backoff * 2, 5.0)
             continue
         _record_written(state, written)
+        # The batch (~100 B per point: 800k names for 100k series) must not outlive its write:
+        # the loop may wait a whole interval before the next one.
+        del batch
         freeze_long_lived()
         backoff = 0.1
         if not len(state.queue):
