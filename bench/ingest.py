@@ -1185,11 +1185,17 @@ def _memory_lines() -> list[bytes]:
     return lines
 
 
+#: The agent's default flush interval: one flush per 10 s slot of the raw tier (a shorter interval
+#: adds running sums for the slots that take several flushes, ~32 bytes per stored series).
+MEMORY_FLUSH_INTERVAL = 10
+
+
 def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
     """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL."""
     lines = _memory_lines()
     workload = series_workload(scratch, "memory.bin", lines, 20)
-    system = StatsYard(workers, 2, scratch)
+    interval = MEMORY_FLUSH_INTERVAL
+    system = StatsYard(workers, interval, scratch)
     wait_quiet()
     with system.running() as agent:
         time.sleep(3)
@@ -1197,12 +1203,12 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         before_main, before_all = rss(pids[:1]), rss(pids)
         seconds = 1.0
         send(sender, workload, agent.udp_port, len(lines) / seconds, seconds)
-        time.sleep(5)  # two flushes: every series has been flushed once and is idle now
+        time.sleep(2.5 * interval)  # two flushes: every series has been flushed and is idle now
         metrics = agent.metrics()
         # RSS over two more flush intervals, every 0.1 s: the least is the idle state between
         # flushes, the most includes a flush's and a write's temporaries (475k stored series).
         samples = []
-        for _ in range(40):
+        for _ in range(20 * interval):
             samples.append((rss(pids[:1]), rss(pids)))
             time.sleep(0.1)
     series = max(metrics.get("statsyard_series_active", 0), 1)
