@@ -233,6 +233,15 @@ def _stable_order(slots: Int64s, high: int) -> Int64s:
     return order
 
 
+def _group_by_slot(slots: Int64s, high: int) -> tuple[Int64s, Int64s, Int64s]:
+    """How to group items by slot, keeping their order within a slot: the permutation, the
+    distinct slots, and each one's bounds in the permuted items (``bounds[i]:bounds[i + 1]``)."""
+    order = _stable_order(slots, high)
+    grouped = slots[order]
+    firsts = np.flatnonzero(np.diff(grouped, prepend=-1))
+    return order, grouped[firsts], np.append(firsts, len(grouped))
+
+
 def _gather_spans(data: npt.NDArray[np.uint8], begin: Int64s, length: Int64s) -> npt.NDArray[np.uint8]:
     """The spans ``data[begin:begin + length]``, one after the other, each followed by a newline
     (one numpy gather; the spans must hold no newline)."""
@@ -469,11 +478,7 @@ class PreAggregator:
             return
         slots = np.concatenate([chunk[0] for chunk in chunks])
         values = np.concatenate([chunk[1] for chunk in chunks])
-        order = _stable_order(slots, self._high)
-        slots = slots[order]
-        starts = np.flatnonzero(np.diff(slots, prepend=-1))
-        shipment.sample_slots = slots[starts]
-        shipment.sample_bounds = np.append(starts, len(slots))
+        order, shipment.sample_slots, shipment.sample_bounds = _group_by_slot(slots, self._high)
         shipment.sample_values = values[order]
 
     def _take_members(self, shipment: Shipment) -> None:
@@ -497,11 +502,7 @@ class PreAggregator:
         length = np.concatenate([chunk[1] for chunk in chunks])
         data = np.concatenate([chunk[2] for chunk in chunks])
         starts = np.cumsum(length + 1) - (length + 1)
-        order = _stable_order(slots, self._high)
-        slots = slots[order]
-        firsts = np.flatnonzero(np.diff(slots, prepend=-1))
-        shipment.set_slots = slots[firsts]
-        shipment.set_bounds = np.append(firsts, len(slots))
+        order, shipment.set_slots, shipment.set_bounds = _group_by_slot(slots, self._high)
         shipment.set_members = _gather_spans(data, starts[order], length[order]).tobytes()
 
     def _seal_samples(self) -> None:

@@ -283,8 +283,9 @@ class HashTable:
     Open addressing with linear probing in two numpy columns: a batch lookup is a few gathers
     and compares per probe round, with no Python object per key (a dict of Python ints costs
     ~4x more here: each lookup chases a pointer to a key object allocated at some other time).
-    Inserts are one at a time (they follow a new key's parse, which costs far more). The table
-    doubles when half full; :meth:`clear` empties it.
+    Inserts come a batch at a time too (the keys a batch's new lines bound); :meth:`drop` makes
+    keys read as absent (-1) without removing them. The table doubles when half full;
+    :meth:`clear` empties it.
     """
 
     __slots__ = ("_keys", "_mask", "_values", "size")
@@ -352,19 +353,6 @@ class HashTable:
             left &= ~same
             keys, values = keys[left], values[left]
             place = np.where(empty[left], place[left], (place[left] + 1) & self._mask)
-
-    def insert(self, key_hash: int, value: int) -> None:
-        if 2 * (self.size + 1) > len(self._keys):
-            self._grow()
-        key = key_hash | 1
-        place = key & self._mask
-        keys = self._keys
-        while keys[place] != 0 and keys[place] != key:
-            place = (place + 1) & self._mask
-        if keys[place] == 0:
-            self.size += 1
-        keys[place] = key
-        self._values[place] = value
 
     def _grow(self) -> None:
         keys, values = self._keys, self._values

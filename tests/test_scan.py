@@ -118,7 +118,7 @@ def test_hash_table_maps_batches_and_grows() -> None:
         values = rng.integers(0, 1 << 40, len(keys), dtype=np.int64)
         table.insert_many(keys, values)
         expected.update(zip(keys.tolist(), values.tolist(), strict=True))
-    table.insert(int(keys[0]), 5)
+    table.insert_many(keys[:1], 5)  # an existing key: its value replaced
     expected[int(keys[0])] = 5
     absent = np.array([1 << 63, 3, 12345 << 21], dtype=np.uint64)
     found = table.lookup(np.concatenate([np.array(list(expected), dtype=np.uint64), absent]))
