@@ -22,8 +22,6 @@ from ._metrics import Telemetry
 from ._reopen import reopen_if_replaced
 from ._state import AgentState
 from ._types import FlushBatch
-from .storage._heap import MALLOC_TRIM
-from .storage._heap import release_free_heap as _release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +111,6 @@ def _timed_write(state: AgentState, telemetry: Telemetry, batch: FlushBatch) -> 
     written = state.tsdb.write(batch)
     telemetry.write_seconds.observe(time.perf_counter() - started)
     return written
-
-
-#: Kept under these names for callers and tests; the write itself now trims (see
-#: :mod:`statsyard_agent.storage._heap`), so the writer no longer calls it after each write.
-_MALLOC_TRIM = MALLOC_TRIM
-release_free_heap = _release_free_heap
 
 
 async def run_writer(state: AgentState, telemetry: Telemetry) -> None:
