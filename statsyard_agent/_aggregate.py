@@ -569,13 +569,16 @@ class Aggregator:
     def _roll(self, family: _Family[_K, _V], timestamp: int, cutoff: float) -> Taken[_K, _V]:
         data = family.data
         family.data = {}
-        return Taken(data, self._age(family, data, timestamp, cutoff))
+        idle = self._age(family, data, timestamp, cutoff)
+        return Taken(_in_seen_order(data, family.seen), idle)
 
     def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
         data, weighted = family.data, family.weighted
         family.data, family.weighted = {}, {}
         active: Mapping[SeriesKey, object] = {**data, **weighted} if weighted else data
-        return TakenSamples(data, weighted, self._age(family, active, timestamp, cutoff))
+        idle = self._age(family, active, timestamp, cutoff)
+        seen = family.seen
+        return TakenSamples(_in_seen_order(data, seen), _in_seen_order(weighted, seen), idle)
 
     def _age(
         self, family: _Family[_K, _V], active: Mapping[_K, object], timestamp: int, cutoff: float
@@ -585,8 +588,8 @@ class Aggregator:
         idle: tuple[_K, ...] = ()
         # Every seen key had data this interval unless seen outnumbers the re-seen keys.
         if len(seen) > len(active) - family.new:
-            # dict_keys - dict uses the stored hashes: no tuple is re-hashed.
-            quiet = seen.keys() - active
+            # In first-seen order, like the data (see _in_seen_order).
+            quiet = [key for key in seen if key not in active]
             if min(seen.values()) >= cutoff:  # nothing can expire: skip the per-key loop
                 idle = tuple(quiet)
             else:
@@ -602,6 +605,21 @@ class Aggregator:
         family.new = 0
         seen.update(dict.fromkeys(active, timestamp))
         return idle
+
+
+def _in_seen_order(data: dict[_K, _V], seen: Mapping[_K, object]) -> dict[_K, _V]:
+    """``data`` (whose keys are all in ``seen``) in the order of ``seen``: first seen first.
+
+    Why: a flush's points then come in the same order as the previous flush's whenever the
+    series are the same, whatever order their lines arrived in this interval, and the storage
+    recognises a batch of known series in that order by comparing names block by block
+    (``SeriesIndex.same_keys``) instead of hashing and looking up ~800k fresh name strings.
+    """
+    if len(data) < 2:
+        return data
+    if len(data) == len(seen):  # every series had data (the steady state): all in C
+        return dict(zip(seen, map(data.__getitem__, seen)))
+    return {key: data[key] for key in seen if key in data}
 
 
 # -- build ---------------------------------------------------------------------------------------

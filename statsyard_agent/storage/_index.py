@@ -56,6 +56,10 @@ _SERIES_HEAD = struct.Struct("<BxxxIII")
 IntArray = npt.NDArray[np.int64]
 
 #: ``mean`` -> ``count`` and ``mean_90`` -> ``count_90``: the MEAN rollup's weight series.
+# same_keys compares at most max(_MAX_RUNS, points // _MIN_RUN) runs of consecutive ids (each
+# inflates its stored block of names): past that a hash lookup is cheaper.
+_MAX_RUNS = 64
+_MIN_RUN = 4096
 _MEAN_NODE = re.compile(r"(?:^|(?<=\.))mean(_[^.]*)?$")
 
 
@@ -210,19 +214,30 @@ class SeriesIndex:
     def same_keys(self, ids: IntArray, names: Sequence[str], tags: Sequence[Tags]) -> bool:
         """Whether series ``ids[i]`` is ``(names[i], tags[i])`` for every ``i`` (``ids`` valid).
 
-        A string comparison per key, no hashing: the writer's check that a batch has the same
-        series as the previous one."""
-        if not len(ids):
-            return not len(names)
-        first, last = int(ids[0]), int(ids[-1])
-        if last - first + 1 == len(ids) and np.array_equal(ids, np.arange(first, last + 1)):
-            # Registered together, in this order (the usual case): names compared as bytes, tags
-            # as list slices, in C.
-            return self.names.matches(first, names) and self.tags[first : last + 1] == list(tags)
-        id_list = ids.tolist()
-        return self.names.take(id_list) == list(names) and list(map(self.tags.__getitem__, id_list)) == list(
-            tags
-        )
+        No hashing and no ``str`` per stored name: the writer's check that a batch has the same
+        series as the previous one. ``ids`` are cut into runs of consecutive ids (a batch's
+        series are registered a block at a time, in batch order, so a batch of known series
+        has a few runs); each run's names are compared as bytes against the stored block, its
+        tags as a list slice, in C. Too many runs (series registered in another order) is
+        answered False: the caller's hash lookup costs less than a comparison per run.
+        """
+        count = len(ids)
+        if count != len(names) or count != len(tags):
+            return False
+        if not count:
+            return True
+        cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+        if len(cuts) > max(_MAX_RUNS, count // _MIN_RUN):
+            return False
+        bounds = [0, *cuts.tolist(), count]
+        firsts = ids[bounds[:-1]].tolist()
+        known_tags = self.tags
+        for first, lo, hi in zip(firsts, bounds, bounds[1:]):
+            if known_tags[first : first + hi - lo] != list(tags[lo:hi]):
+                return False
+            if not self.names.matches(first, names[lo:hi]):
+                return False
+        return True
 
     def group_id(self, tiers: tuple[Tier, ...]) -> int | None:
         for gid, known in self.groups.items():

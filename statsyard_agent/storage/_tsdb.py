@@ -161,6 +161,7 @@ class TSDB:
             maxlen=_FINGERPRINTS
         )
         self._last_ids: _KeptIds | None = None
+        self._last_sketch_ids: _KeptIds | None = None
         self._points_written = 0
         self._late_dropped = 0
         self._usage = DiskUsage()
@@ -441,9 +442,14 @@ class TSDB:
     def _sketch_ids(self, sketches: tuple[SketchPoint, ...]) -> IntArray:
         if not sketches:
             return np.zeros(0, dtype=np.int64)
-        known = self._index.sketch_ids
         names = [p.name for p in sketches]
         tags = [p.tags for p in sketches]
+        last = self._last_sketch_ids
+        if last is not None and len(last) == len(names):
+            cached = last.ids()
+            if self._index.same_keys(cached, names, tags):
+                return cached  # the same sketch series as the previous flush
+        known = self._index.sketch_ids
         hashes = hash_keys(names, tags)
         ids = known.find(hashes, names, tags)
         missing = np.flatnonzero(ids < 0)
@@ -456,6 +462,7 @@ class TSDB:
                 np.full(len(new), _index.SKETCH_KIND, dtype=np.uint8),
             )
             ids[missing] = known.find(hashes[missing], [names[i] for i in where], [tags[i] for i in where])
+        self._last_sketch_ids = _KeptIds.of(ids)
         return ids
 
     def _register(
