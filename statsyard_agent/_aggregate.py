@@ -149,6 +149,13 @@ class Taken(Generic[_K, _V]):
 
     data: Mapping[_K, _V]
     idle: tuple[_K, ...]
+    #: Every key, with data or idle, in first-seen order; () when none is idle (then it is
+    #: ``data``'s order). Points are emitted in this order (see :func:`_in_seen_order`).
+    order: tuple[_K, ...] = ()
+
+    def keys(self) -> Sequence[_K]:
+        """Every key, with data or idle, in first-seen order."""
+        return self.order if self.idle else tuple(self.data)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -570,7 +577,8 @@ class Aggregator:
         data = family.data
         family.data = {}
         idle = self._age(family, data, timestamp, cutoff)
-        return Taken(_in_seen_order(data, family.seen), idle)
+        seen = family.seen
+        return Taken(_in_seen_order(data, seen), idle, tuple(seen) if idle else ())
 
     def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
         data, weighted = family.data, family.weighted
@@ -618,7 +626,7 @@ def _in_seen_order(data: dict[_K, _V], seen: Mapping[_K, object]) -> dict[_K, _V
     if len(data) < 2:
         return data
     if len(data) == len(seen):  # every series had data (the steady state): all in C
-        return dict(zip(seen, map(data.__getitem__, seen)))
+        return dict(zip(seen, map(data.__getitem__, seen), strict=True))
     return {key: data[key] for key in seen if key in data}
 
 
@@ -690,15 +698,18 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
     interval = snapshot.interval
     out = _Columns()
 
+    # Idle counters, sets, events and service checks emit the same points as the others (zeros),
+    # among them in first-seen order, so that a series going idle leaves the order unchanged.
     counters = snapshot.counters
-    bases, tags = _bases(f"{root}counters.", counters.data.keys(), counters.idle)
-    totals = _values(counters.data.values(), len(counters.idle))
+    keys = counters.keys()
+    bases, tags = _bases(f"{root}counters.", keys, ())
+    totals = _values_or_zero(counters.data, keys)
     out.add(bases, ".count", tags, _SUM, totals)
     out.add(bases, ".rate", tags, _RATE, totals / interval)
 
     gauges = snapshot.gauges
     bases, tags = _bases(f"{root}gauges.", gauges.keys(), ())
-    out.add(bases, "", tags, _LAST, _values(gauges.values(), 0))
+    out.add(bases, "", tags, _LAST, np.fromiter(gauges.values(), np.float64, len(gauges)))
 
     sketches = _build_timers(
         out,
@@ -713,13 +724,14 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
     )
 
     sets = snapshot.sets
-    bases, tags = _bases(f"{root}sets.", sets.data.keys(), sets.idle)
-    sizes = np.fromiter((len(s) for s in sets.data.values()), np.float64, len(sets.data))
-    out.add(bases, ".count", tags, _MAX, _pad(sizes, len(sets.idle)))
+    keys = sets.keys()
+    bases, tags = _bases(f"{root}sets.", keys, ())
+    sizes = np.fromiter(map(len, map(sets.data.get, keys, itertools.repeat(()))), np.float64, len(keys))
+    out.add(bases, ".count", tags, _MAX, sizes)
 
     for name, taken in (("events", snapshot.events), ("service_checks", snapshot.service_checks)):
-        tags = [*taken.data.keys(), *taken.idle]
-        out.add([root + name] * len(tags), "", tags, _SUM, _values(taken.data.values(), len(taken.idle)))
+        tag_keys = taken.keys()
+        out.add([root + name] * len(tag_keys), "", tag_keys, _SUM, _values_or_zero(taken.data, tag_keys))
 
     return out.batch(snapshot.timestamp, interval, sketches)
 
@@ -896,12 +908,9 @@ def _bases(prefix: str, keys: Iterable[SeriesKey], idle: Sequence[SeriesKey]) ->
     return [prefix + name for name, _ in everything], [t for _, t in everything]
 
 
-def _values(values: Collection[float], idle: int) -> FloatArray:
-    return _pad(np.fromiter(values, np.float64, len(values)), idle)
-
-
-def _pad(values: FloatArray, zeros: int) -> FloatArray:
-    return np.concatenate((values, np.zeros(zeros))) if zeros else values
+def _values_or_zero(data: Mapping[_K, float], keys: Sequence[_K]) -> FloatArray:
+    """``data[key]`` for each key, 0 for keys without data (idle), in one C-level pass."""
+    return np.fromiter(map(data.get, keys, itertools.repeat(0.0)), np.float64, len(keys))
 
 
 def _count_new(keys: Collection[_K], seen: Mapping[_K, object]) -> int:

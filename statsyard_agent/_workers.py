@@ -35,6 +35,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 60.0
 #: Seconds a worker has to exit after its final ship at shutdown.
 QUIT_TIMEOUT = 10.0
+
+#: A periodic ship falls this long (at most a quarter of the ship interval) before each flush.
+PRE_FLUSH_LEAD = 0.25
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -147,6 +151,23 @@ class WorkerSlot:
         return shipment.partial(keys.__getitem__)
 
 
+def ship_delay(now: float, ship_interval: float, flush_interval: float) -> float:
+    """Seconds until a worker's next periodic ship: ``ship_interval``, or less so that one ship
+    falls :data:`PRE_FLUSH_LEAD` before the next flush boundary (flushes fall on multiples of
+    ``flush_interval``, wall clock).
+
+    Why: the flush's own collect then merges what arrived in that lead, not up to a whole ship
+    interval's worth, so the flush (which holds the interval's batch back) is shorter; the
+    work is the same, done a moment earlier.
+    """
+    lead = min(PRE_FLUSH_LEAD, ship_interval / 4)
+    boundary = (now // flush_interval + 1) * flush_interval
+    pre_flush = boundary - lead
+    if now < pre_flush < now + ship_interval:
+        return pre_flush - now
+    return ship_interval
+
+
 class IngestWorkers:
     """The worker processes of one agent and their sockets (see the module docstring)."""
 
@@ -217,7 +238,8 @@ class IngestWorkers:
                 )
             log.info("ingest worker %d started (pid %d)", slot.index, process.pid)
             while True:
-                with trio.move_on_after(self._config.ship_interval):
+                delay = ship_delay(time.time(), self._config.ship_interval, self._state.config.flush_interval)
+                with trio.move_on_after(delay):
                     await process.wait()
                 if process.returncode is not None:
                     raise IngestWorkerError(

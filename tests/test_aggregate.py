@@ -445,7 +445,18 @@ def test_points_come_in_first_seen_order_whatever_the_arrival_order() -> None:
         batch = flush(aggregator, 10 + 10 * step)
         assert order_of(batch) == order_of(first)
         assert [p.name for p in batch.sketches] == [p.name for p in first.sketches]
-    # With the same series idle twice in a row (whatever the arrival order), the same order again.
+    # Counters and sets going idle keep their place (they emit zeros where they were).
+    flat = [k for k in keys if k[0] in (C, S)]
+    only = Aggregator(AggregatorConfig())
+    for kind, name in flat:
+        only.add(metric(name, kind, members=["m"]) if kind is S else metric(name, kind, [1.0]))
+    all_active = flush(only, 10)
+    for kind, name in flat[::-1][::3]:
+        only.add(metric(name, kind, members=["m"]) if kind is S else metric(name, kind, [1.0]))
+    some_idle = flush(only, 20)
+    assert order_of(some_idle) == order_of(all_active)
+    assert 0.0 in some_idle.values.tolist()
+    # With the same timers idle twice in a row (whatever the arrival order), the same order again.
     feed(aggregator, rng.permutation(len(keys)).tolist(), skip=3)
     with_idle = flush(aggregator, 60)
     feed(aggregator, rng.permutation(len(keys)).tolist(), skip=3)

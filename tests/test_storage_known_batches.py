@@ -131,7 +131,8 @@ def test_points_land_on_their_series_whatever_the_order(tmp_path: Path, order: s
 def test_sketch_points_land_on_their_series_when_reordered(tmp_path: Path) -> None:
     def sketches(ts: int, order: list[int]) -> FlushBatch:
         points = tuple(
-            SketchPoint(f"lat.{i:03d}", (), LogSketch.from_values(np.full(3, i + 1.0)).to_bytes()) for i in order
+            SketchPoint(f"lat.{i:03d}", (), LogSketch.from_values(np.full(3, i + 1.0)).to_bytes())
+            for i in order
         )
         return FlushBatch(ts, 10.0, (), (), (), np.zeros(0), points)
 

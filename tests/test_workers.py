@@ -29,7 +29,7 @@ from statsyard_agent._receiver import (
     Receiver,
     received_counts,
 )
-from statsyard_agent._workers import open_ingest_sockets, worker_count
+from statsyard_agent._workers import open_ingest_sockets, ship_delay, worker_count
 from statsyard_agent.storage import Reader
 
 from .conftest import RunningAgent, make_config, start_agent, wait_for
@@ -358,3 +358,20 @@ def test_worker_count_defaults_and_yields_to_the_relay() -> None:
     assert worker_count(build_config({"udp": ""})) == 0
     assert worker_count(build_config({"forward": [{"url": "statsd://127.0.0.1:9125"}]})) == 0
     assert worker_count(build_config({"forward": [{"url": "graphite://127.0.0.1:2003"}]})) == 2
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (100.0, 1.0),  # a boundary at 110: the lead (109.75) is further than a ship interval
+        (108.5, 1.0),  # 109.5: still before the lead
+        (108.9, 0.85),  # the next ship is moved to 109.75
+        (109.75, 1.0),  # exactly at the lead: that ship is this one; the next one a full interval on
+        (109.9, 1.0),  # between the lead and the flush: the flush collects, then a full interval
+    ],
+)
+def test_a_periodic_ship_falls_just_before_each_flush(now: float, expected: float) -> None:
+    assert ship_delay(now, ship_interval=1.0, flush_interval=10.0) == pytest.approx(expected)
+    # A short ship interval keeps its lead within a quarter of it.
+    assert ship_delay(109.0, ship_interval=0.2, flush_interval=10.0) == pytest.approx(0.2)
+    assert ship_delay(109.85, ship_interval=0.2, flush_interval=10.0) == pytest.approx(0.1)

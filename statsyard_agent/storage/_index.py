@@ -232,7 +232,7 @@ class SeriesIndex:
         bounds = [0, *cuts.tolist(), count]
         firsts = ids[bounds[:-1]].tolist()
         known_tags = self.tags
-        for first, lo, hi in zip(firsts, bounds, bounds[1:]):
+        for first, lo, hi in zip(firsts, bounds, bounds[1:], strict=False):
             if known_tags[first : first + hi - lo] != list(tags[lo:hi]):
                 return False
             if not self.names.matches(first, names[lo:hi]):
