@@ -107,7 +107,7 @@ def _timed_write(state: AgentState, telemetry: Telemetry, batch: FlushBatch) -> 
     except InjectedFault as exc:
         raise StorageError("injected disk failure") from exc
     state.faults.stall("slow_disk")
-    # TSDB.write gives the heap's free pages back itself (storage._heap): no trim here.
+    # TSDB.write gives the heap's free pages back itself (statsyard_agent._heap): no trim here.
     written = state.tsdb.write(batch)
     telemetry.write_seconds.observe(time.perf_counter() - started)
     return written

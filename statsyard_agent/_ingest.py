@@ -66,6 +66,7 @@ import numpy.typing as npt
 from . import _scan
 from ._aggregate import Partial, SeriesKey
 from ._exceptions import ParseError
+from ._heap import release_free_heap
 from ._protocol import CACHE_MAX_ENTRIES, Parser, _parse_value
 from ._types import Event, Metric, MetricKind, ServiceCheck
 
@@ -87,6 +88,9 @@ SPEC_MAX_ENTRIES: Final = 262_144
 
 #: Takes a slot may stay untouched before it is evicted (its series bound again if it returns).
 EVICT_AFTER_TAKES: Final = 8
+#: Evicting at least this many slots at once rebuilds the pre-aggregator's tables (see
+#: ``PreAggregator._evict_idle``).
+COMPACT_AFTER_EVICTING: Final = 4096
 
 #: Lines of a batch that must take the per-line path in order (new keys, odd values) beyond
 #: which the whole batch takes it: each one splits the vectorised work into another segment.
@@ -369,7 +373,7 @@ class PreAggregator:
         self._set_texts: list[str] = []
         self._set_chunks: list[tuple[Int64s, Int64s, npt.NDArray[np.uint8]]] = []  # slots, lengths, bytes
         self._slots_of: dict[Any, int] = {}
-        self._free: list[int] = []
+        self._free: array[int] = array("q")  # evicted slots to reuse (8 bytes each, not an int object)
         self._high = 0
         self._n_slots = 0
         self._chunks: list[tuple[Int64s, Floats]] = []
@@ -413,6 +417,8 @@ class PreAggregator:
         )
         if self._fed:
             self._take_slots(shipment)
+        elif self._n_slots:
+            self._age_quiet()
         self._new_interval()
         return shipment
 
@@ -464,11 +470,34 @@ class PreAggregator:
         keys = self._keys
         shipment.new_keys = {slot: keys[slot] for slot in new.tolist()}
 
-        evicted = slots[idle[slots] >= self._evict_after]
-        if len(evicted):
-            for slot in evicted.tolist():
-                self._evict(slot)
-            self._hashed.drop(lambda entries: np.isin(entries & _SLOT_MASK, evicted))
+        self._evict_idle(slots)
+
+    def _age_quiet(self) -> None:
+        """A take with nothing fed since the last one: every slot is one take idler."""
+        slots = np.flatnonzero(self._live[: self._high])
+        self._idle[slots] += 1
+        self._evict_idle(slots)
+
+    def _evict_idle(self, slots: Int64s) -> None:
+        """Evict the slots (of ``slots``) idle for ``evict_after`` takes. When that is many, the
+        tables that do not shrink by themselves are rebuilt and the freed heap pages go back
+        to the kernel: a series idle in this worker then costs it no memory at all."""
+        evicted = slots[self._idle[slots] >= self._evict_after]
+        if not len(evicted):
+            return
+        for slot in evicted.tolist():
+            self._evict(slot)
+        self._hashed.drop(lambda entries: np.isin(entries & _SLOT_MASK, evicted))
+        if len(evicted) >= COMPACT_AFTER_EVICTING:
+            live, gens = self._live, self._gen_v
+            self._bound = {
+                key: handle
+                for key, handle in self._bound.items()
+                if live[handle & _SLOT_MASK] and gens[handle & _SLOT_MASK] == handle >> _GEN_SHIFT
+            }
+            self._slots_of = dict(self._slots_of)  # a dict's table never shrinks on deletion
+            self._hashed.compact()
+            release_free_heap()
 
     def _take_samples(self, shipment: Shipment) -> None:
         """The interval's samples grouped by slot, in arrival order within a slot."""

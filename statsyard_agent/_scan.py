@@ -285,7 +285,7 @@ class HashTable:
     ~4x more here: each lookup chases a pointer to a key object allocated at some other time).
     Inserts come a batch at a time too (the keys a batch's new lines bound); :meth:`drop` makes
     keys read as absent (-1) without removing them. The table doubles when half full;
-    :meth:`clear` empties it.
+    :meth:`clear` empties it, :meth:`compact` sheds the dropped keys.
     """
 
     __slots__ = ("_keys", "_mask", "_values", "size")
@@ -328,6 +328,13 @@ class HashTable:
         """Forget the keys whose values ``stale`` picks (they read as absent from then on)."""
         used = self._keys != 0
         self._values[used & stale(self._values)] = -1
+
+    def compact(self) -> None:
+        """Rebuild without the dropped keys, in the least room that holds the others."""
+        keys, values = self._keys, self._values
+        kept = np.flatnonzero((keys != 0) & (values >= 0))
+        self._allocate(2 * len(kept))
+        self._place(keys[kept], values[kept])
 
     def insert_many(self, hashes: UInt64s, values: Int64s | int = 0) -> None:
         """Insert distinct ``hashes`` with their ``values`` (one value for all, or one each)."""

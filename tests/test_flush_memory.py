@@ -1,4 +1,4 @@
-"""The storage gives freed heap pages back after each write (``storage._heap.release_free_heap``)."""
+"""The storage gives freed heap pages back after each write (``statsyard_agent._heap.release_free_heap``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from statsyard_agent.storage import _heap
+from statsyard_agent import _heap
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -319,6 +319,29 @@ def test_preaggregator_caps_its_slots_and_frees_idle_ones() -> None:
     assert preagg.take().counters == {("s9", ()): 1.0, ("s1", ()): 5.0}
 
 
+def test_idle_series_are_evicted_without_traffic_and_come_back_intact() -> None:
+    """Takes with nothing fed age the slots too (a worker whose series all went quiet forgets
+    them); evicting many at once rebuilds the tables (COMPACT_AFTER_EVICTING), after which the
+    same series bind again and add up as before."""
+    many = _ingest.COMPACT_AFTER_EVICTING + 100
+    lines = [b"c%d:1|c" % i for i in range(many)] + [b"t%d:%d|ms" % (i, i) for i in range(50)]
+    datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
+    preagg = PreAggregator(Parser(), SimpleCounts(), 2 * many, evict_after=2)
+    with mock.patch.object(_ingest, "VECTOR_MIN_BYTES", 0):
+        for _ in range(2):  # the second pass takes the batch path
+            preagg.feed_many(datagrams)
+        first = preagg.take()
+        assert preagg.slots == many + 50
+        for _ in range(2):
+            assert _contents(preagg.take()) == ({}, {}, {}, {})
+        assert preagg.slots == 0
+        for _ in range(2):
+            preagg.feed_many(datagrams)
+        again = preagg.take()
+    assert _contents(again) == _contents(first)
+    assert again.counters[("c0", ())] == 2.0
+
+
 def _contents(partial: Partial) -> tuple[object, ...]:
     samples = {key: values.tolist() for key, values in partial.samples.items()}
     return partial.counters, partial.gauges, partial.sets, samples

@@ -127,3 +127,20 @@ def test_hash_table_maps_batches_and_grows() -> None:
     table.clear()
     assert table.size == 0
     assert table.lookup(keys).tolist() == [-1] * len(keys)
+
+
+def test_hash_table_compact_sheds_dropped_keys() -> None:
+    rng = np.random.default_rng(11)
+    table = _scan.HashTable(16)
+    keys = np.unique(rng.integers(0, 1 << 62, 5000, dtype=np.int64).astype(np.uint64))
+    values = np.arange(len(keys), dtype=np.int64)
+    table.insert_many(keys, values)
+    room = len(table._keys)
+    table.drop(lambda held: held % 10 != 0)  # keep every tenth
+    table.compact()
+    assert len(table._keys) < room
+    assert table.size == len(keys[::10])
+    expected = np.where(values % 10 == 0, values, -1)
+    assert table.lookup(keys).tolist() == expected.tolist()
+    table.insert_many(keys[1:2], 7)  # still a working table
+    assert table.lookup(keys[1:2]).tolist() == [7]

@@ -37,12 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError, StorageError
+from statsyard_agent._heap import release_free_heap
 from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
 
 from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
 from ._head import HeadSet
-from ._heap import release_free_heap
 from ._index import SeriesIndex
 from ._keytable import distinct, hash_keys
 from ._maintain import DiskUsage, Maintenance
@@ -317,7 +317,7 @@ class TSDB:
         counted (``stats.late_points_dropped``). Raises StorageError (ENOSPC, EACCES, the
         directory removed...) with nothing half-written left behind: the same batch may be
         retried and is stored exactly once. Raises ValueError for a malformed batch.
-        Afterwards the heap's free pages go back to the kernel (see :mod:`._heap`).
+        Afterwards the heap's free pages go back to the kernel (see :mod:`statsyard_agent._heap`).
         """
         n = len(batch.names)
         if not (len(batch.tags) == len(batch.rollups) == len(batch.values) == n):

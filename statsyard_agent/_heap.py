@@ -1,14 +1,15 @@
-"""Giving the heap's free pages back to the kernel after a write (glibc ``malloc_trim``).
+"""Giving the heap's free pages back to the kernel (glibc ``malloc_trim``) after big frees.
 
-Why here, in the storage: a write frees a few hundred bytes per stored series of temporaries
-(the batch's names and columns, the WAL record, registration payloads, the head's grown
-arrays). glibc keeps freed heap memory mapped, and after it frees a large mmap-ed block it
-raises its mmap threshold, so later numpy columns of a few MB come from the heap as well, and
-their pages stay resident once freed. Measured with 100k StatsD series (``bench/ingest.py
---memory-split``: one flush with data, three idle ones), that was ~600 B per StatsD series of
-resident memory that nothing used. Every writer of a :class:`~._tsdb.TSDB` gets the release,
-not only the agent's writer task. Python objects are unaffected (this only releases pages
-malloc holds free); it costs a few ms per call on a heap of a few hundred MB.
+Why: glibc keeps freed heap memory mapped, and after it frees a large mmap-ed block it raises
+its mmap threshold, so later numpy columns of a few MB come from the heap as well, and their
+pages stay resident once freed. Two places free a lot at once: a storage write (a few hundred
+bytes per stored series of temporaries: the batch's names and columns, the WAL record,
+registration payloads, the head's grown arrays; measured with 100k StatsD series, ~600 B per
+StatsD series of resident memory that nothing used, so every writer of a
+:class:`~statsyard_agent.storage.TSDB` gets the release), and a receive worker forgetting its
+idle series (:class:`~statsyard_agent._ingest.PreAggregator`). Python objects are unaffected
+(this only releases pages malloc holds free); it costs a few ms per call on a heap of a few
+hundred MB.
 """
 
 from __future__ import annotations
