@@ -50,7 +50,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._ingest import PreAggregator, SimpleCounts
+from ._ingest import EVICT_AFTER_TAKES, PreAggregator, SimpleCounts
 from ._protocol import Parser, ParserConfig
 from ._scan import PADDING
 
@@ -114,11 +114,16 @@ class Receiver:
     """The worker's state: its socket, its pre-aggregator, what it received and shipped."""
 
     def __init__(
-        self, sock: socket.socket, parser_config: ParserConfig, max_series: int, shared: mmap.mmap
+        self,
+        sock: socket.socket,
+        parser_config: ParserConfig,
+        max_series: int,
+        shared: mmap.mmap,
+        evict_after: int = EVICT_AFTER_TAKES,
     ) -> None:
         self._sock = sock
         self._counts = SimpleCounts()
-        self._preagg = PreAggregator(Parser(parser_config), self._counts, max_series)
+        self._preagg = PreAggregator(Parser(parser_config), self._counts, max_series, evict_after)
         self._live = memoryview(shared)[: 8 * LIVE_FIELDS].cast("q")
         self._buffer = memoryview(shared)[RECEIVE_OFFSET : RECEIVE_OFFSET + RECEIVE_BYTES]
         self._received = [0, 0, 0]
@@ -286,8 +291,8 @@ def main(argv: Sequence[str]) -> int:
             init = receive_frame(ctrl)
             if init is None:
                 return 0
-            parser_config, max_series = pickle.loads(init)
-            receiver = Receiver(sock, parser_config, max_series, shared)
+            parser_config, max_series, evict_after = pickle.loads(init)
+            receiver = Receiver(sock, parser_config, max_series, shared, evict_after)
             send_frame(ctrl, pickle.dumps(("ready", os.getpid())))
             receiver.serve(ctrl)
         except (BrokenPipeError, ConnectionResetError):

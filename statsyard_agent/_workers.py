@@ -29,6 +29,7 @@ the app then drains the sockets once more itself before the final flush.
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import pickle
@@ -46,7 +47,7 @@ import trio
 from ._aggregate import Partial
 from ._config import Address, AgentConfig, IngestConfig
 from ._exceptions import StatsyardError
-from ._ingest import Shipment
+from ._ingest import EVICT_AFTER_TAKES, Shipment
 from ._receiver import FRAME_HEADER, LIVE_FIELDS, QUIT, SHARED_BYTES, SHIP, received_counts
 from ._state import AgentState
 from ._udp import bind_udp_socket, open_udp_socket, proc_udp_rows
@@ -168,6 +169,13 @@ def ship_delay(now: float, ship_interval: float, flush_interval: float) -> float
     return ship_interval
 
 
+def evict_after_ships(flush_interval: float, ship_interval: float) -> int:
+    """Ships a worker's series may stay quiet before the worker forgets it: three flush
+    intervals (a series that reports once per flush interval, as most clients do, stays bound),
+    and never fewer than the pre-aggregator's default number of takes."""
+    return max(EVICT_AFTER_TAKES, math.ceil(3 * flush_interval / ship_interval))
+
+
 class IngestWorkers:
     """The worker processes of one agent and their sockets (see the module docstring)."""
 
@@ -194,9 +202,13 @@ class IngestWorkers:
         ]
 
     async def collect(self) -> None:
-        """Ask every running worker to ship now, and merge what they send (before a flush)."""
-        for slot in self.slots:
-            await self._ship(slot, SHIP)
+        """Ask every running worker to ship now, and merge what they send (before a flush).
+
+        All at once: each worker takes and pickles its shipment while the others do (and while
+        the event loop merges the first to arrive)."""
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(self._ship, slot, SHIP)
 
     async def run(self, slot: WorkerSlot) -> None:
         """The supervised task of one worker: start it, ship periodically; raise when it exits."""
@@ -225,7 +237,9 @@ class IngestWorkers:
         ctrl = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
         slot.process = process
         try:
-            init = pickle.dumps((self._state.config.parser, self._state.config.aggregator.max_series))
+            config = self._state.config
+            evict_after = evict_after_ships(config.flush_interval, self._config.ship_interval)
+            init = pickle.dumps((config.parser, config.aggregator.max_series, evict_after))
             with trio.move_on_after(STARTUP_TIMEOUT):
                 await ctrl.send_all(FRAME_HEADER.pack(len(init)) + init)
                 ready = await _receive_frame(ctrl)

@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from statsyard_agent._config import Address, build_config
 from statsyard_agent._exceptions import ConfigError
+from statsyard_agent._ingest import EVICT_AFTER_TAKES
 from statsyard_agent._protocol import ParserConfig
 from statsyard_agent._receiver import (
     LIVE_FIELDS,
@@ -29,7 +30,7 @@ from statsyard_agent._receiver import (
     Receiver,
     received_counts,
 )
-from statsyard_agent._workers import open_ingest_sockets, ship_delay, worker_count
+from statsyard_agent._workers import evict_after_ships, open_ingest_sockets, ship_delay, worker_count
 from statsyard_agent.storage import Reader
 
 from .conftest import RunningAgent, make_config, start_agent, wait_for
@@ -375,3 +376,9 @@ def test_a_periodic_ship_falls_just_before_each_flush(now: float, expected: floa
     # A short ship interval keeps its lead within a quarter of it.
     assert ship_delay(109.0, ship_interval=0.2, flush_interval=10.0) == pytest.approx(0.2)
     assert ship_delay(109.85, ship_interval=0.2, flush_interval=10.0) == pytest.approx(0.1)
+
+
+def test_workers_keep_a_series_bound_for_three_flush_intervals() -> None:
+    assert evict_after_ships(flush_interval=10.0, ship_interval=1.0) == 30
+    assert evict_after_ships(flush_interval=10.0, ship_interval=0.3) == 100
+    assert evict_after_ships(flush_interval=1.0, ship_interval=1.0) == EVICT_AFTER_TAKES
