@@ -130,13 +130,25 @@ class _TimerFamily(_Family[SeriesKey, "array[float]"]):
     """A timer-like kind. A series whose samples all came at rate 1 keeps them in ``data`` (one
     8-byte append each); from its first sample at another rate on, it moves to ``weighted``,
     which holds interleaved ``(value, 1 / rate)`` pairs. A key is in at most one of the two.
+
+    Samples merged from a :class:`Partial`'s :class:`SampleChunk` (rate 1) stay in that chunk's
+    columns (``chunks``: series keys, their sample counts, the samples grouped by series) and
+    the series in ``chunk_keys``; a key may be there and in ``data`` or ``weighted`` as well.
+    Why: a receive worker ships ~50k timer series a second under load; an array per series
+    per shipment, extended into the series' own, was most of the event loop's work.
     """
 
-    __slots__ = ("weighted",)
+    __slots__ = ("chunk_keys", "chunks", "weighted")
 
     def __init__(self, tag: str) -> None:
         super().__init__(tag)
         self.weighted: dict[SeriesKey, array[float]] = {}
+        self.chunks: list[tuple[list[SeriesKey], IntArray, FloatArray]] = []
+        self.chunk_keys: dict[SeriesKey, None] = {}
+
+    def holds(self, key: SeriesKey) -> bool:
+        """Whether ``key`` has samples in the open interval (it was admitted already)."""
+        return key in self.data or key in self.weighted or key in self.chunk_keys
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -169,6 +181,10 @@ class TakenSamples:
     data: Mapping[SeriesKey, array[float]]
     weighted: Mapping[SeriesKey, array[float]]
     idle: tuple[SeriesKey, ...]
+    #: Samples merged as columns (see ``_TimerFamily``): series keys, sample counts, samples.
+    chunks: tuple[tuple[list[SeriesKey], IntArray, FloatArray], ...] = ()
+    #: Every series with samples (in ``data``, ``weighted`` or a chunk), in first-seen order.
+    order: tuple[SeriesKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -197,6 +213,18 @@ class Snapshot:
 
 
 @dataclass(slots=True, eq=False)
+class SampleChunk:
+    """Timer-like samples of many series as columns: the series ``keys[i]`` (a
+    ``(kind, series, rate)`` key, as in :attr:`Partial.samples`) has the samples
+    ``values[bounds[i]:bounds[i + 1]]``, in arrival order; ``bounds`` starts at 0 and does not
+    decrease. A key appears once."""
+
+    keys: list[tuple[MetricKind, SeriesKey, float]]
+    bounds: IntArray
+    values: FloatArray
+
+
+@dataclass(slots=True, eq=False)
 class Partial:
     """Samples pre-aggregated outside the :class:`Aggregator` (by the receive path's
     :class:`~statsyard_agent._ingest.PreAggregator`, possibly in a receive worker process) for
@@ -205,7 +233,8 @@ class Partial:
     ``counters`` maps a series to ``sum(value * (1 / rate))`` accumulated in arrival order;
     ``gauges`` to ``(absolute, value)``: ``absolute`` (1.0) sets the gauge to ``value``,
     otherwise (0.0) ``value`` is a sum of deltas; ``samples`` maps ``(kind, series, rate)`` of a
-    timer-like kind to its values at that rate; ``sets`` to the members seen. Events and
+    timer-like kind to its values at that rate, and ``sample_chunks`` hold more of them as
+    columns (a key is in at most one of the two); ``sets`` maps a series to the members seen. Events and
     service checks are kept as they came. ``refused`` counts metrics the producer refused at its
     own series cap, ``refused_keys`` the distinct ``(kind tag, series)`` it refused (bounded).
     """
@@ -213,11 +242,21 @@ class Partial:
     counters: dict[SeriesKey, float] = field(default_factory=dict)
     gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
     samples: dict[tuple[MetricKind, SeriesKey, float], array[float]] = field(default_factory=dict)
+    sample_chunks: list[SampleChunk] = field(default_factory=list)
     sets: dict[SeriesKey, set[str]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     service_checks: list[ServiceCheck] = field(default_factory=list)
     refused: int = 0
     refused_keys: set[tuple[str, SeriesKey]] = field(default_factory=set)
+
+    def sample_lists(self) -> dict[tuple[MetricKind, SeriesKey, float], list[float]]:
+        """Every timer-like key's samples as a list, from ``samples`` and the chunks alike."""
+        out = {key: values.tolist() for key, values in self.samples.items()}
+        for chunk in self.sample_chunks:
+            bounds = chunk.bounds.tolist()
+            for key, start, end in zip(chunk.keys, bounds, bounds[1:], strict=False):
+                out[key] = chunk.values[start:end].tolist()
+        return out
 
     def __len__(self) -> int:
         """Entries held (series of every kind, events and service checks)."""
@@ -225,6 +264,7 @@ class Partial:
             len(self.counters)
             + len(self.gauges)
             + len(self.samples)
+            + sum(len(chunk.keys) for chunk in self.sample_chunks)
             + len(self.sets)
             + len(self.events)
             + len(self.service_checks)
@@ -347,7 +387,7 @@ class Aggregator:
         if pairs is None:
             plain = family.data.pop(key, None)
             if plain is None:
-                if not self._admit(family, key):
+                if key not in family.chunk_keys and not self._admit(family, key):
                     return False
                 if rate == 1.0:
                     family.data[key] = array("d", metric.values)
@@ -425,6 +465,8 @@ class Aggregator:
         if not self._adopt_samples(families, partial.samples):
             for (kind, key, rate), values in partial.samples.items():
                 self._merge_samples(families[kind], key, rate, values)
+        for chunk in partial.sample_chunks:
+            self._merge_chunk(families, chunk)
         sets = self._sets
         for key, members in partial.sets.items():
             held = sets.data.get(key)
@@ -465,7 +507,7 @@ class Aggregator:
         array becomes its series' samples as it is (what ``_merge_samples`` would do one by one).
         False, changing nothing, when that does not hold or some new series would be refused.
         """
-        if not samples or any(f.data or f.weighted for f in families.values()):
+        if not samples or any(f.data or f.weighted or f.chunk_keys for f in families.values()):
             return False
         timers: dict[SeriesKey, array[float]] = {}
         histograms: dict[SeriesKey, array[float]] = {}
@@ -505,7 +547,7 @@ class Aggregator:
         pairs = family.weighted.get(key)
         if pairs is None:
             if plain is None:
-                if not self._admit(family, key):
+                if key not in family.chunk_keys and not self._admit(family, key):
                     return
                 if rate == 1.0:
                     family.data[key] = values
@@ -519,6 +561,48 @@ class Aggregator:
         block = array("d", [1.0 / rate]) * (2 * len(values))
         block[0::2] = values
         pairs.extend(block)
+
+    def _merge_chunk(self, families: dict[MetricKind, _TimerFamily], chunk: SampleChunk) -> None:
+        """Fold a :class:`SampleChunk` in: kept as columns, one per kind, when every sample is at
+        rate 1 and every new series fits under ``max_series``; otherwise series by series
+        (``_merge_samples``), which refuses exactly the series ``add`` would."""
+        keys = chunk.keys
+        if not keys:
+            return
+        if any(key[2] != 1.0 for key in keys) or not self._adopt_chunk(families, chunk):
+            values, bounds = chunk.values, chunk.bounds.tolist()
+            for (kind, key, rate), start, end in zip(keys, bounds, bounds[1:], strict=False):
+                self._merge_samples(families[kind], key, rate, array("d", values[start:end].tobytes()))
+
+    def _adopt_chunk(self, families: dict[MetricKind, _TimerFamily], chunk: SampleChunk) -> bool:
+        """Keep ``chunk`` (all at rate 1) as columns, split by kind; False, changing nothing, if
+        a new series would be refused."""
+        keys, values = chunk.keys, chunk.values
+        lengths = np.diff(chunk.bounds)
+        kinds = [key[0] for key in keys]
+        parts: list[tuple[_TimerFamily, list[SeriesKey], IntArray, FloatArray]] = []
+        if kinds.count(kinds[0]) == len(kinds):  # the usual case: one kind
+            parts.append((families[kinds[0]], [key[1] for key in keys], lengths, values))
+        else:
+            for kind, family in families.items():
+                picked = np.array([k is kind for k in kinds], dtype=np.bool_)
+                if picked.any():
+                    rows = np.flatnonzero(picked).tolist()
+                    series = [keys[i][1] for i in rows]
+                    parts.append((family, series, lengths[picked], values[np.repeat(picked, lengths)]))
+        fresh = [
+            0 if all(map(family.seen.__contains__, series))  # the steady state: all flushed before
+            else sum(1 for key in series if key not in family.seen and not family.holds(key))
+            for family, series, _, _ in parts
+        ]
+        if self._n_series + sum(fresh) > self._max_series:
+            return False
+        for (family, series, part_lengths, part_values), new in zip(parts, fresh, strict=True):
+            self._n_series += new
+            family.new += new
+            family.chunks.append((series, part_lengths, part_values))
+            family.chunk_keys.update(dict.fromkeys(series))
+        return True
 
     def _admit(self, family: _Family[_K, _V], key: _K) -> bool:
         """Account for ``key`` about to be opened in ``family.data`` (it is not there yet)."""
@@ -581,12 +665,15 @@ class Aggregator:
         return Taken(_in_seen_order(data, seen), idle, tuple(seen) if idle else ())
 
     def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
-        data, weighted = family.data, family.weighted
-        family.data, family.weighted = {}, {}
-        active: Mapping[SeriesKey, object] = {**data, **weighted} if weighted else data
+        data, weighted, chunks, chunk_keys = family.data, family.weighted, family.chunks, family.chunk_keys
+        family.data, family.weighted, family.chunks, family.chunk_keys = {}, {}, [], {}
+        active: Mapping[SeriesKey, object] = (
+            {**data, **weighted, **chunk_keys} if weighted or chunk_keys else data
+        )
         idle = self._age(family, active, timestamp, cutoff)
         seen = family.seen
-        return TakenSamples(_in_seen_order(data, seen), _in_seen_order(weighted, seen), idle)
+        order = tuple(seen) if len(seen) == len(active) else tuple(key for key in seen if key in active)
+        return TakenSamples(data, weighted, idle, tuple(chunks), order)
 
     def _age(
         self, family: _Family[_K, _V], active: Mapping[_K, object], timestamp: int, cutoff: float
@@ -852,43 +939,51 @@ class _Gathered:
 
 
 def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _Gathered:
+    """Every timer-like sample of the snapshot, flat, with its series number: series are numbered
+    in first-seen order (``TakenSamples.order``) and their samples may come in several pieces
+    (an array in ``data``, chunks), which the build's grouping sort brings together."""
     keys: list[SeriesKey] = []
     bases: list[str] = []
-    plain_parts: list[array[float]] = []
-    pair_parts: list[array[float]] = []
+    plain_parts: list[FloatArray] = []
     plain_series: list[IntArray] = []
+    pair_parts: list[array[float]] = []
     pair_series: list[IntArray] = []
     idle_bases: list[str] = []
     idle_tags: list[Tags] = []
     for namespace, taken in groups:
         prefix = f"{root}{namespace}."
-        plain_series.append(np.arange(len(keys), len(keys) + len(taken.data), dtype=np.int64))
-        keys += taken.data
-        pair_series.append(np.arange(len(keys), len(keys) + len(taken.weighted), dtype=np.int64))
-        keys += taken.weighted
-        plain_parts += taken.data.values()
-        pair_parts += taken.weighted.values()
-        bases += [prefix + name for name, _ in itertools.chain(taken.data, taken.weighted)]
+        number = dict(zip(taken.order, itertools.count(len(keys))))
+        keys += taken.order
+        if taken.data:
+            arrays = list(taken.data.values())
+            plain_parts.append(np.frombuffer(b"".join(arrays), dtype=np.float64))
+            ids = np.fromiter(map(number.__getitem__, taken.data), np.int64, len(arrays))
+            plain_series.append(np.repeat(ids, np.fromiter(map(len, arrays), np.int64, len(arrays))))
+        for chunk_keys, lengths, chunk_values in taken.chunks:
+            plain_parts.append(chunk_values)
+            ids = np.fromiter(map(number.__getitem__, chunk_keys), np.int64, len(chunk_keys))
+            plain_series.append(np.repeat(ids, lengths))
+        if taken.weighted:
+            pair_parts += taken.weighted.values()
+            ids = np.fromiter(map(number.__getitem__, taken.weighted), np.int64, len(taken.weighted))
+            pair_series.append(
+                np.repeat(ids, np.fromiter(map(len, taken.weighted.values()), np.int64, len(ids)) // 2)
+            )
+        bases += [prefix + name for name, _ in taken.order]
         idle_bases += [prefix + name for name, _ in taken.idle]
         idle_tags += [t for _, t in taken.idle]
     tags = [t for _, t in keys]
 
-    plain = np.frombuffer(b"".join(plain_parts), dtype=np.float64) if plain_parts else np.zeros(0)
-    plain_lengths = np.fromiter(map(len, plain_parts), np.int64, len(plain_parts))
-    plain_index = np.concatenate(plain_series) if plain_series else np.zeros(0, dtype=np.int64)
-    series = np.repeat(plain_index, plain_lengths)
-    n = np.zeros(len(keys), dtype=np.int64)
-    n[plain_index] = plain_lengths
+    plain = np.concatenate(plain_parts) if plain_parts else np.zeros(0)
+    series = np.concatenate(plain_series) if plain_series else np.zeros(0, dtype=np.int64)
     values: FloatArray = plain
     weights: FloatArray | None = None
     if pair_parts:
         interleaved = np.frombuffer(b"".join(pair_parts), dtype=np.float64).reshape(-1, 2)
-        pair_lengths = np.fromiter(map(len, pair_parts), np.int64, len(pair_parts)) // 2
-        pair_index = np.concatenate(pair_series)
         values = np.concatenate((plain, interleaved[:, 0]))
         weights = np.concatenate((np.ones(plain.size), interleaved[:, 1]))
-        series = np.concatenate((series, np.repeat(pair_index, pair_lengths)))
-        n[pair_index] = pair_lengths
+        series = np.concatenate((series, *pair_series))
+    n = np.bincount(series, minlength=len(keys)).astype(np.int64)
 
     if not n.all():
         # Opened by a metric without values: nothing to summarise, report it like an idle one.

@@ -64,7 +64,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _scan
-from ._aggregate import Partial, SeriesKey
+from ._aggregate import Partial, SampleChunk, SeriesKey
 from ._exceptions import ParseError
 from ._heap import release_free_heap
 from ._protocol import CACHE_MAX_ENTRIES, Parser, _parse_value
@@ -212,13 +212,10 @@ class Shipment:
                 strict=True,
             )
         )
-        bounds = self.sample_bounds.tolist()
-        values = self.sample_values
-        samples = partial.samples
-        for slot, start, end in zip(self.sample_slots.tolist(), bounds, bounds[1:], strict=False):
-            run = array("d")
-            run.frombytes(values[start:end].tobytes())
-            samples[key_of(slot)] = run
+        if len(self.sample_slots):
+            # As columns (the aggregator keeps them so): no array per series.
+            keys = list(map(key_of, self.sample_slots.tolist()))
+            partial.sample_chunks.append(SampleChunk(keys, self.sample_bounds, self.sample_values))
         members = self.set_members.decode().split("\n")
         bounds = self.set_bounds.tolist()
         partial.sets.update(

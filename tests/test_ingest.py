@@ -343,7 +343,7 @@ def test_idle_series_are_evicted_without_traffic_and_come_back_intact() -> None:
 
 
 def _contents(partial: Partial) -> tuple[object, ...]:
-    samples = {key: values.tolist() for key, values in partial.samples.items()}
+    samples = partial.sample_lists()
     return partial.counters, partial.gauges, partial.sets, samples
 
 
@@ -371,7 +371,7 @@ def test_a_reused_slot_never_takes_lines_of_its_old_key_in_a_batch() -> None:
         preagg.feed_many([b"a:2|c\nc:7|ms"])
         partial = preagg.take()
     assert partial.counters == {("a", ()): 2.0}
-    assert {key: list(values) for key, values in partial.samples.items()} == {
+    assert partial.sample_lists() == {
         (MetricKind.TIMER, ("c", ()), 1.0): [5.0, 7.0]
     }
 

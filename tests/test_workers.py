@@ -290,7 +290,7 @@ def test_receiver_counts_before_it_parses_and_ships_what_it_aggregated() -> None
     keys: dict[int, object] = dict(shipment.new_keys)  # what the agent keeps per worker
     partial = shipment.partial(keys.__getitem__)
     assert partial.counters == {("a", ()): 3.0}
-    assert next(iter(partial.samples.values())).tolist() == [5.0]
+    assert list(partial.sample_lists().values()) == [[5.0]]
     client.sendto(b"a:4|c", server.getsockname())
     while not receiver.drain():
         pass
