@@ -132,19 +132,22 @@ class _TimerFamily(_Family[SeriesKey, "array[float]"]):
     which holds interleaved ``(value, 1 / rate)`` pairs. A key is in at most one of the two.
 
     Samples merged from a :class:`Partial`'s :class:`SampleChunk` (rate 1) stay in that chunk's
-    columns (``chunks``: series keys, their sample counts, the samples grouped by series) and
-    the series in ``chunk_keys``; a key may be there and in ``data`` or ``weighted`` as well.
+    columns (``chunks``: series numbers, their sample counts, the samples grouped by series);
+    ``chunk_keys`` numbers their series for the interval (unique, not dense: taken from
+    ``chunk_numbers`` by ``setdefault``, in C); a key may be there and in ``data`` or
+    ``weighted`` as well.
     Why: a receive worker ships ~50k timer series a second under load; an array per series
     per shipment, extended into the series' own, was most of the event loop's work.
     """
 
-    __slots__ = ("chunk_keys", "chunks", "weighted")
+    __slots__ = ("chunk_keys", "chunk_numbers", "chunks", "weighted")
 
     def __init__(self, tag: str) -> None:
         super().__init__(tag)
         self.weighted: dict[SeriesKey, array[float]] = {}
-        self.chunks: list[tuple[list[SeriesKey], IntArray, FloatArray]] = []
-        self.chunk_keys: dict[SeriesKey, None] = {}
+        self.chunks: list[tuple[IntArray, IntArray, FloatArray]] = []
+        self.chunk_keys: dict[SeriesKey, int] = {}
+        self.chunk_numbers = itertools.count()
 
     def holds(self, key: SeriesKey) -> bool:
         """Whether ``key`` has samples in the open interval (it was admitted already)."""
@@ -181,8 +184,10 @@ class TakenSamples:
     data: Mapping[SeriesKey, array[float]]
     weighted: Mapping[SeriesKey, array[float]]
     idle: tuple[SeriesKey, ...]
-    #: Samples merged as columns (see ``_TimerFamily``): series keys, sample counts, samples.
-    chunks: tuple[tuple[list[SeriesKey], IntArray, FloatArray], ...] = ()
+    #: Samples merged as columns (see ``_TimerFamily``): series numbers, sample counts, samples.
+    chunks: tuple[tuple[IntArray, IntArray, FloatArray], ...] = ()
+    #: The series of ``chunks`` by their numbers there.
+    chunk_keys: Mapping[SeriesKey, int] = field(default_factory=dict)
     #: Every series with samples (in ``data``, ``weighted`` or a chunk), in first-seen order.
     order: tuple[SeriesKey, ...] = ()
 
@@ -600,8 +605,8 @@ class Aggregator:
         for (family, series, part_lengths, part_values), new in zip(parts, fresh, strict=True):
             self._n_series += new
             family.new += new
-            family.chunks.append((series, part_lengths, part_values))
-            family.chunk_keys.update(dict.fromkeys(series))
+            numbers = map(family.chunk_keys.setdefault, series, family.chunk_numbers)
+            family.chunks.append((np.fromiter(numbers, np.int64, len(series)), part_lengths, part_values))
         return True
 
     def _admit(self, family: _Family[_K, _V], key: _K) -> bool:
@@ -667,13 +672,14 @@ class Aggregator:
     def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
         data, weighted, chunks, chunk_keys = family.data, family.weighted, family.chunks, family.chunk_keys
         family.data, family.weighted, family.chunks, family.chunk_keys = {}, {}, [], {}
+        family.chunk_numbers = itertools.count()
         active: Mapping[SeriesKey, object] = (
             {**data, **weighted, **chunk_keys} if weighted or chunk_keys else data
         )
         idle = self._age(family, active, timestamp, cutoff)
         seen = family.seen
         order = tuple(seen) if len(seen) == len(active) else tuple(key for key in seen if key in active)
-        return TakenSamples(data, weighted, idle, tuple(chunks), order)
+        return TakenSamples(data, weighted, idle, tuple(chunks), chunk_keys, order)
 
     def _age(
         self, family: _Family[_K, _V], active: Mapping[_K, object], timestamp: int, cutoff: float
@@ -959,10 +965,16 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
             plain_parts.append(np.frombuffer(b"".join(arrays), dtype=np.float64))
             ids = np.fromiter(map(number.__getitem__, taken.data), np.int64, len(arrays))
             plain_series.append(np.repeat(ids, np.fromiter(map(len, arrays), np.int64, len(arrays))))
-        for chunk_keys, lengths, chunk_values in taken.chunks:
-            plain_parts.append(chunk_values)
-            ids = np.fromiter(map(number.__getitem__, chunk_keys), np.int64, len(chunk_keys))
-            plain_series.append(np.repeat(ids, lengths))
+        if taken.chunks:
+            # One lookup per series (not per series and chunk): chunk numbers -> series numbers.
+            chunk_keys = taken.chunk_keys
+            renumber = np.zeros(max(chunk_keys.values()) + 1, dtype=np.int64)
+            renumber[np.fromiter(chunk_keys.values(), np.int64, len(chunk_keys))] = np.fromiter(
+                map(number.__getitem__, chunk_keys), np.int64, len(chunk_keys)
+            )
+            for ids, lengths, chunk_values in taken.chunks:
+                plain_parts.append(chunk_values)
+                plain_series.append(np.repeat(renumber[ids], lengths))
         if taken.weighted:
             pair_parts += taken.weighted.values()
             ids = np.fromiter(map(number.__getitem__, taken.weighted), np.int64, len(taken.weighted))
