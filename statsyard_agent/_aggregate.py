@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 from array import array
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from ._types import (
     FlushBatch,
     Metric,
     MetricKind,
+    PointNames,
     Rollup,
     ServiceCheck,
     SketchPoint,
@@ -727,18 +727,17 @@ def _in_seen_order(data: dict[_K, _V], seen: Mapping[_K, object]) -> dict[_K, _V
 
 
 class _Columns:
-    """The columns of a flush batch, one block of points at a time; names are made last.
+    """The columns of a flush batch, one block of points at a time.
 
-    A block's names are only recorded as ``(bases, suffix)`` and concatenated while the final
-    tuple is filled: a new name string is created and stored in one go, instead of going
-    through a list per block, a flattened list and a tuple copy, each pass touching all of the
-    ~800k fresh strings of a large flush again (a cache miss apiece).
+    A block's names are only recorded as ``(bases, suffix)``: the batch's
+    :class:`~statsyard_agent._types.PointNames` makes the ~800k name strings of a large flush
+    only if something reads them one by one (the writer, in the steady state, does not).
     """
 
     __slots__ = ("names", "rollups", "tags", "values")
 
     def __init__(self) -> None:
-        self.names: list[Iterable[str]] = []
+        self.names: list[tuple[Sequence[str], str]] = []
         self.tags: list[Sequence[Tags]] = []
         self.rollups: list[tuple[Rollup, ...]] = []
         self.values: list[FloatArray] = []
@@ -747,9 +746,9 @@ class _Columns:
         self, bases: Sequence[str], suffix: str, tags: Sequence[Tags], rollup: Rollup, values: FloatArray
     ) -> None:
         """Points ``bases[i] + suffix`` with ``tags[i]`` and ``values[i]``; ``bases`` and
-        ``tags`` must not change until :meth:`batch`."""
+        ``tags`` must not change afterwards (the batch's names read them)."""
         if bases:
-            self.names.append(map(operator.add, bases, itertools.repeat(suffix)) if suffix else bases)
+            self.names.append((bases, suffix))
             self.tags.append(tags)
             self.rollups.append((rollup,) * len(bases))
             self.values.append(np.asarray(values, dtype=np.float64))
@@ -759,7 +758,7 @@ class _Columns:
         return FlushBatch(
             timestamp=timestamp,
             interval=interval,
-            names=tuple(itertools.chain.from_iterable(self.names)),
+            names=PointNames(self.names),
             tags=_flatten(self.tags),
             rollups=_flatten(self.rollups),
             values=values,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from statsyard_agent import _aggregate, _sketch
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig, build_flush_batch
-from statsyard_agent._types import Metric, MetricKind, SketchPoint, Tags
+from statsyard_agent._types import Metric, MetricKind, PointNames, SketchPoint, Tags
 
 
 def _reference_order(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -138,7 +139,7 @@ def test_batch_columns_line_up_for_every_kind_of_timer_series() -> None:
     aggregator.add(_metric("hits", MetricKind.COUNTER, (2.0,)))
     snapshot = aggregator.take_snapshot(1_700_000_010, 10.0)
     batch = build_flush_batch(snapshot)
-    assert type(batch.names) is tuple
+    assert isinstance(batch.names, PointNames)  # made when read (see test_point_names_*)
     assert type(batch.tags) is tuple
     assert type(batch.rollups) is tuple
     assert len(batch.names) == len(batch.tags) == len(batch.rollups) == batch.values.size
@@ -160,3 +161,25 @@ def test_batch_columns_line_up_for_every_kind_of_timer_series() -> None:
     for field in ("names", "tags", "rollups", "sketches"):
         assert getattr(again, field) == getattr(batch, field)
     assert np.array_equal(again.values, batch.values)
+
+
+def test_point_names_read_like_a_tuple_and_join_without_making_every_name() -> None:
+    blocks = [(["a", "bb"], ".count"), (["c"], ""), (["dd", "e", "f"], ".p90")]
+    expected = ("a.count", "bb.count", "c", "dd.p90", "e.p90", "f.p90")
+    names = PointNames(blocks)
+    assert len(names) == 6
+    for start in range(7):
+        for stop in range(start, 7):
+            assert names.joined(start, stop, "\n") == "\n".join(expected[start:stop])
+    assert names._made is None  # joined made no tuple
+    assert names == expected
+    assert names == list(expected)
+    assert names != expected[:-1]
+    assert names[3] == "dd.p90"
+    assert names[1:3] == ("bb.count", "c")
+    assert tuple(names) == expected
+    assert pickle.loads(pickle.dumps(names)) == expected
+    assert type(pickle.loads(pickle.dumps(names))) is tuple
+    assert names.joined(1, 4, "|") == "bb.count|c|dd.p90"  # from the made tuple now
+    assert PointNames([]) == ()
+    assert PointNames([]).joined(0, 0, "\n") == ""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from statsyard_agent._sketch import LogSketch
-from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
+from statsyard_agent._types import FlushBatch, PointNames, Rollup, SketchPoint, Tags
 from statsyard_agent.storage import TSDB, Reader, StorageConfig, parse_retention
 from statsyard_agent.storage._index import _MAX_RUNS, SeriesIndex
 
@@ -144,3 +144,26 @@ def test_sketch_points_land_on_their_series_when_reordered(tmp_path: Path) -> No
     for i in (0, 17, 39):
         [series] = reader.query(f"lat.{i:03d}.p50", T0, T0 + 30, now=T0 + 30)
         assert series.values.tolist() == pytest.approx([i + 1.0] * 3, rel=0.02)
+
+
+def test_point_names_are_compared_joined_without_making_them(tmp_path: Path) -> None:
+    bases = [f"s.{i:04d}" for i in range(300)]
+    stored = [base + ".count" for base in bases] + [base + ".rate" for base in bases]
+    tags: list[Tags] = [()] * 600
+    with TSDB.open(tmp_path, CONFIG) as db:
+        db.write(_batch(T0, stored, [0.0] * 600))
+        index = _index_of(db)
+        ids = np.arange(600)
+        same = PointNames([(bases[:100], ".count"), (bases[100:], ".count"), (bases, ".rate")])
+        assert index.same_keys(ids, same, tags)
+        assert same._made is None  # compared joined, run by run
+        other = PointNames([(bases, ".count"), ([*bases[:-1], "s.9999"], ".rate")])
+        assert not index.same_keys(ids, other, tags)
+        shifted = PointNames([(bases, ".rate"), (bases, ".count")])
+        assert not index.same_keys(ids, shifted, tags)
+        # A batch named by blocks lands like a tuple-named one, on the cached path too.
+        for step in (1, 2):
+            values = np.full(600, float(step))
+            db.write(FlushBatch(T0 + 10 * step, 10.0, same, tuple(tags), (Rollup.LAST,) * 600, values))
+    stored_values = _values(tmp_path, "s.*.rate", T0 + 30)
+    assert stored_values["s.0299.rate"] == [0.0, 1.0, 2.0]

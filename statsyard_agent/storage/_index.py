@@ -33,12 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError, StorageError
-from statsyard_agent._types import Rollup, Tags
+from statsyard_agent._types import PointNames, Rollup, Tags
 
 from . import _records
 from ._files import storage_error
 from ._keytable import KeyTable, distinct, hash_keys
-from ._names import NameColumn
+from ._names import SEPARATOR, NameColumn
 from ._retention import Tier
 
 MAGIC = b"SYIDX\x00\x00\x01"
@@ -232,10 +232,16 @@ class SeriesIndex:
         bounds = [0, *cuts.tolist(), count]
         firsts = ids[bounds[:-1]].tolist()
         known_tags = self.tags
+        column = self.names
+        joined = isinstance(names, PointNames) and column.joined_compares
         for first, lo, hi in zip(firsts, bounds, bounds[1:], strict=False):
             if known_tags[first : first + hi - lo] != list(tags[lo:hi]):
                 return False
-            if not self.names.matches(first, names[lo:hi]):
+            if joined:  # no string per point: the batch's names are made joined, a run at a time
+                assert isinstance(names, PointNames)
+                if not column.matches_joined(first, hi - lo, names.joined(lo, hi, SEPARATOR)):
+                    return False
+            elif not column.matches(first, names[lo:hi]):
                 return False
         return True
 

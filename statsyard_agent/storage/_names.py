@@ -34,7 +34,8 @@ _ERRORS = "surrogatepass"
 #: Written after every name. While no stored name contains it (the usual case), a region of
 #: the buffer decodes to its names with one ``str.split`` and compares to ``"\n".join`` of a
 #: batch's names with one string comparison (the separators fix the boundaries).
-_SEP = "\n"
+#: What joins names in a block (a name holding it makes the column not "plain").
+SEPARATOR = "\n"
 #: Uncompressed bytes per block: big enough to compress well, small enough that reading one
 #: name inflates little.
 BLOCK_BYTES = 1 << 16
@@ -51,14 +52,14 @@ def _encode(names: Sequence[str]) -> tuple[bytes, IntArray, bool, bool]:
     """``(blob, byte lengths, all ASCII, no name holds the separator)`` of ``names``, each
     followed by the separator (surrogatepass UTF-8)."""
     count = len(names)
-    text = _SEP.join(names) + _SEP
-    plain = text.count(_SEP) == count
+    text = SEPARATOR.join(names) + SEPARATOR
+    plain = text.count(SEPARATOR) == count
     if text.isascii():
         # One encode for the lot; in ASCII a string's length is its length in bytes.
         return text.encode("ascii"), np.fromiter(map(len, names), np.int64, count), True, plain
     del text
     encoded = [name.encode(_ENCODING, _ERRORS) for name in names]
-    blob = _SEP.encode().join(encoded) + _SEP.encode()
+    blob = SEPARATOR.encode().join(encoded) + SEPARATOR.encode()
     return blob, np.fromiter(map(len, encoded), np.int64, count), False, plain
 
 
@@ -193,7 +194,7 @@ class NameColumn(Sequence[str]):
         names: list[str] = []
         carry = ""
         for piece in self._pieces(lo, hi, inflated):
-            split = piece.decode("ascii").split(_SEP)
+            split = piece.decode("ascii").split(SEPARATOR)
             split[0] = carry + split[0]  # the name that straddles the previous block
             carry = split.pop()
             names += split
@@ -290,6 +291,39 @@ class NameColumn(Sequence[str]):
             out.append(self._bytes(s, e, inflated).decode(_ENCODING, _ERRORS))
         return out
 
+    @property
+    def joined_compares(self) -> bool:
+        """Whether :meth:`matches_joined` can answer (every stored name is ASCII and holds no
+        separator)."""
+        return self._ascii and self._plain
+
+    def matches_joined(self, first: int, count: int, joined: str) -> bool:
+        """:meth:`matches` for names given joined by :data:`SEPARATOR` (only if :attr:`joined_compares`).
+
+        The region holds exactly ``count - 1`` separators, so an equal join has them at the
+        same places: the boundaries match too. One encode, then each block compared as it is
+        inflated.
+        """
+        if first < 0 or first + count > self._count:
+            return False
+        if not count:
+            return not joined
+        lo, hi = self._region(first, first + count - 1)
+        try:
+            wanted = joined.encode("ascii")
+        except UnicodeEncodeError:
+            return False  # every stored name is ASCII
+        if len(wanted) != hi - lo:
+            return False
+        pos = 0
+        for piece in self._pieces(lo, hi):
+            # A bytes slice (a 64 KB copy) compares with memcmp; a memoryview would
+            # compare byte by byte.
+            if wanted[pos : pos + len(piece)] != piece:
+                return False
+            pos += len(piece)
+        return True
+
     def matches(self, first: int, names: Sequence[str]) -> bool:
         """Whether ``names`` are exactly the names at ``first, first + 1, ...``, compared
         without building a ``str`` per stored name."""
@@ -298,25 +332,9 @@ class NameColumn(Sequence[str]):
             return False
         if not count:
             return True
+        if self.joined_compares:
+            return self.matches_joined(first, count, SEPARATOR.join(names))
         lo, hi = self._region(first, first + count - 1)
-        if self._ascii and self._plain:
-            # The region holds exactly count - 1 separators, so an equal join has them at the
-            # same places: the boundaries match too. One join and encode, then each block
-            # compared as it is inflated.
-            try:
-                wanted = _SEP.join(names).encode("ascii")
-            except UnicodeEncodeError:
-                return False  # every stored name is ASCII
-            if len(wanted) != hi - lo:
-                return False
-            pos = 0
-            for piece in self._pieces(lo, hi):
-                # A bytes slice (a 64 KB copy) compares with memcmp; a memoryview would
-                # compare byte by byte.
-                if wanted[pos : pos + len(piece)] != piece:
-                    return False
-                pos += len(piece)
-            return True
         blob, lengths, _, _ = _encode(names)
         if len(blob) != hi - lo + 1 or self._bytes(lo, hi + 1) != blob:
             return False
