@@ -167,7 +167,7 @@ class PointNames(Sequence[str]):
         return f"PointNames({self.names()!r})"
 
     def joined(self, start: int, stop: int, separator: str) -> str:
-        """``separator.join(self[start:stop])``, made from the blocks (each name a temporary)."""
+        """``separator.join(self[start:stop])``, made from the blocks without making the names."""
         if self._made is not None:
             return separator.join(self._made[start:stop])
         pieces: list[str] = []
@@ -176,9 +176,8 @@ class PointNames(Sequence[str]):
             end = first + len(bases)
             low, high = max(start, first), min(stop, end)
             if low < high:
-                part = bases[low - first : high - first]
-                named = map(operator.add, part, itertools.repeat(suffix)) if suffix else part
-                pieces.append(separator.join(named))
+                # base1 + suffix + separator + base2 + ... + suffix: one join, no name made.
+                pieces.append((suffix + separator).join(bases[low - first : high - first]) + suffix)
             first = end
         return separator.join(pieces)
 
