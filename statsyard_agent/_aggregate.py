@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -45,6 +45,7 @@ from ._types import (
     PointNames,
     Rollup,
     ServiceCheck,
+    SketchColumns,
     SketchPoint,
     Tags,
 )
@@ -753,7 +754,7 @@ class _Columns:
             self.rollups.append((rollup,) * len(bases))
             self.values.append(np.asarray(values, dtype=np.float64))
 
-    def batch(self, timestamp: int, interval: float, sketches: tuple[SketchPoint, ...]) -> FlushBatch:
+    def batch(self, timestamp: int, interval: float, sketches: Sequence[SketchPoint]) -> FlushBatch:
         values = np.concatenate(self.values) if self.values else np.zeros(0)
         return FlushBatch(
             timestamp=timestamp,
@@ -834,10 +835,10 @@ def _build_timers(
     interval: float,
     percentiles: tuple[float, ...],
     groups: Iterable[tuple[str, TakenSamples]],
-) -> tuple[SketchPoint, ...]:
+) -> Sequence[SketchPoint]:
     gathered = _gather_samples(root, groups)
     bases, tags = gathered.bases, gathered.tags
-    sketch_points: tuple[SketchPoint, ...] = ()
+    sketch_points: Sequence[SketchPoint] = ()
     if bases:
         order = group_argsort(gathered.values, gathered.series)
         ordered = gathered.values[order]
@@ -851,7 +852,7 @@ def _build_timers(
             counts = np.bincount(gathered.series, gathered.weights, minlength=len(bases)).astype(np.float64)
             ordered_weights = gathered.weights[order]
         encoded = sketch_bytes_from_segments(ordered, ordered_weights, offsets, presorted=True)
-        sketch_points = _sketch_points(bases, tags, encoded)
+        sketch_points = SketchColumns(bases, tags, encoded)
         del encoded
         stats = timer_stats_sorted(ordered, offsets, counts, interval=interval, percentiles=percentiles)
         blocks: tuple[tuple[str, Rollup, FloatArray], ...] = (
@@ -890,41 +891,6 @@ def _build_timers(
     out.add(idle_bases, ".count", idle_tags, _SUM, zeros)
     out.add(idle_bases, ".count_ps", idle_tags, _RATE, zeros)
     return sketch_points
-
-
-#: SketchPoint's fields, in constructor order; :func:`_sketch_points` sets them through the slot
-#: descriptors only while the class is the plain slotted dataclass it was written against.
-_SKETCH_FIELDS = ("name", "tags", "sketch")
-_SKETCH_SETTERS: tuple[Callable[[object, object], None], ...] = (
-    tuple(getattr(SketchPoint, f).__set__ for f in _SKETCH_FIELDS)
-    if getattr(SketchPoint, "__slots__", None) == _SKETCH_FIELDS
-    and getattr(SketchPoint, "__match_args__", None) == _SKETCH_FIELDS
-    and not hasattr(SketchPoint, "__post_init__")
-    else ()
-)
-
-
-def _sketch_points(bases: list[str], tags: list[Tags], encoded: list[bytes]) -> tuple[SketchPoint, ...]:
-    """``SketchPoint(bases[i], tags[i], encoded[i])`` for every ``i``, without Python code per point.
-
-    The frozen dataclass's ``__init__`` is Python and sets each field with a separate
-    ``object.__setattr__`` call; here the instances come from ``object.__new__`` and each field
-    is stored through its slot descriptor (what that ``__init__`` does underneath), in three
-    C-level passes: a third less time for 50k points.
-
-    (Pausing the cyclic GC around this was measured too and gains nothing overall: the ~70
-    young collections these allocations start are each cheap, and the one collection that
-    follows the pause costs about as much as they do together.)
-    """
-    if not _SKETCH_SETTERS:
-        return tuple(map(SketchPoint, bases, tags, encoded))
-    points = tuple(map(object.__new__, itertools.repeat(SketchPoint, len(bases))))
-    set_name, set_tags, set_sketch = _SKETCH_SETTERS
-    # Each call returns None: any() runs the map to its end (a C loop).
-    any(map(set_name, points, bases))
-    any(map(set_tags, points, tags))
-    any(map(set_sketch, points, encoded))
-    return points
 
 
 @dataclass(slots=True)

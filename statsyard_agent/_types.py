@@ -182,13 +182,69 @@ class PointNames(Sequence[str]):
         return separator.join(pieces)
 
 
+class SketchColumns(Sequence[SketchPoint]):
+    """A flush batch's sketch points as three columns (``names``, ``tags``, ``blobs``), each
+    :class:`SketchPoint` made when first read.
+
+    Why: like :class:`PointNames`, 50k objects per flush of which the writer, in the steady
+    state, reads only the columns. Pickles as the tuple of points; equal to any sequence of the
+    same points. The columns must not change for the life of the object.
+    """
+
+    __slots__ = ("_made", "blobs", "names", "tags")
+
+    def __init__(self, names: Sequence[str], tags: Sequence[Tags], blobs: Sequence[bytes]) -> None:
+        if not len(names) == len(tags) == len(blobs):
+            raise ValueError("sketch columns must have the same length")
+        self.names = names
+        self.tags = tags
+        self.blobs = blobs
+        self._made: tuple[SketchPoint, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def points(self) -> tuple[SketchPoint, ...]:
+        """Every point, made once."""
+        made = self._made
+        if made is None:
+            made = self._made = tuple(map(SketchPoint, self.names, self.tags, self.blobs))
+        return made
+
+    @overload
+    def __getitem__(self, index: int) -> SketchPoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[SketchPoint, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> SketchPoint | tuple[SketchPoint, ...]:
+        return self.points()[index]
+
+    def __iter__(self) -> Iterator[SketchPoint]:
+        return iter(self.points())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(other) == len(self) and self.points() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[tuple[SketchPoint, ...]], tuple[tuple[SketchPoint, ...]]]:
+        return (tuple, (self.points(),))
+
+    def __repr__(self) -> str:
+        return f"SketchColumns({self.points()!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class FlushBatch:
     """Everything one flush produced, columnar: point ``i`` is ``names[i]``, ``tags[i]`` ...
 
     ``timestamp`` is the end of the flushed interval in whole unix seconds (flushes are aligned
     to multiples of the interval); ``interval`` is its length in seconds. ``names`` is a tuple
-    or, from the aggregator, a :class:`PointNames`.
+    or, from the aggregator, a :class:`PointNames`; ``sketches`` likewise a tuple or a
+    :class:`SketchColumns`.
     """
 
     timestamp: int
@@ -197,7 +253,7 @@ class FlushBatch:
     tags: tuple[Tags, ...]
     rollups: tuple[Rollup, ...]
     values: FloatArray
-    sketches: tuple[SketchPoint, ...] = field(default=())
+    sketches: Sequence[SketchPoint] = field(default=())
 
     def __len__(self) -> int:
         return len(self.names)

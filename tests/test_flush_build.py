@@ -8,7 +8,6 @@ and the lazily concatenated names.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 
@@ -17,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsyard_agent import _aggregate, _sketch
+from statsyard_agent import _sketch
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig, build_flush_batch
-from statsyard_agent._types import Metric, MetricKind, PointNames, SketchPoint, Tags
+from statsyard_agent._types import Metric, MetricKind, PointNames, SketchColumns, SketchPoint, Tags
 
 
 def _reference_order(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -104,25 +103,24 @@ def test_integer_sort_key_leaves_empty_input_to_the_general_path() -> None:
     assert _sketch.group_argsort(empty, np.zeros(0, dtype=np.int64)).size == 0
 
 
-def test_sketch_points_equal_the_constructor() -> None:
-    assert _aggregate._SKETCH_SETTERS, "SketchPoint is no longer the slotted dataclass expected"
+def test_sketch_columns_read_like_the_tuple_of_points() -> None:
     bases = [f"stats.timers.t{i}" for i in range(1000)]
     tags: list[Tags] = [(("k", str(i % 3)),) if i % 2 else () for i in range(1000)]
     encoded = [bytes([1, 0, 0, 0, i % 200]) for i in range(1000)]
-    points = _aggregate._sketch_points(bases, tags, encoded)
+    columns = SketchColumns(bases, tags, encoded)
     expected = tuple(map(SketchPoint, bases, tags, encoded))
-    assert points == expected
-    assert all(type(p) is SketchPoint for p in points)
-    assert [hash(p) for p in points] == [hash(p) for p in expected]
-    assert repr(points[7]) == repr(expected[7])
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        points[0].name = "other"  # type: ignore[misc]
-
-
-def test_sketch_points_fall_back_to_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aggregate, "_SKETCH_SETTERS", ())
-    points = _aggregate._sketch_points(["a", "b"], [(), (("x", "y"),)], [b"1", b"2"])
-    assert points == (SketchPoint("a", (), b"1"), SketchPoint("b", (("x", "y"),), b"2"))
+    assert len(columns) == 1000
+    assert columns._made is None  # nothing made until read
+    assert columns == expected
+    assert columns[7] == expected[7]
+    assert type(columns[7]) is SketchPoint
+    assert columns[2:4] == expected[2:4]
+    assert list(columns) == list(expected)
+    restored = pickle.loads(pickle.dumps(columns))
+    assert type(restored) is tuple
+    assert restored == expected
+    with pytest.raises(ValueError, match="same length"):
+        SketchColumns(bases, tags, encoded[:-1])
 
 
 def _metric(name: str, kind: MetricKind, values: tuple[float, ...], rate: float = 1.0) -> Metric:

@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError, StorageError
 from statsyard_agent._heap import release_free_heap
-from statsyard_agent._types import FlushBatch, Rollup, SketchPoint, Tags
+from statsyard_agent._types import FlushBatch, Rollup, SketchColumns, SketchPoint, Tags
 
 from . import _files, _index, _records, _wal
 from ._config import SchemaResolver, StorageConfig
@@ -350,7 +350,7 @@ class TSDB:
             ids[keep],
             values[keep],
             sketch_ids[sketch_keep],
-            [p.sketch for p, k in zip(batch.sketches, sketch_keep.tolist(), strict=True) if k],
+            [blob for blob, k in zip(_blobs(batch.sketches), sketch_keep.tolist(), strict=True) if k],
         )
         fingerprint = _fingerprint(record)
         if fingerprint in self._fingerprints:
@@ -439,11 +439,15 @@ class TSDB:
         self._last_ids = _KeptIds.of(ids)
         return ids
 
-    def _sketch_ids(self, sketches: tuple[SketchPoint, ...]) -> IntArray:
+    def _sketch_ids(self, sketches: Sequence[SketchPoint]) -> IntArray:
         if not sketches:
             return np.zeros(0, dtype=np.int64)
-        names = [p.name for p in sketches]
-        tags = [p.tags for p in sketches]
+        names: Sequence[str]
+        tags: Sequence[Tags]
+        if isinstance(sketches, SketchColumns):  # from the aggregator: no point object made
+            names, tags = sketches.names, sketches.tags
+        else:
+            names, tags = [p.name for p in sketches], [p.tags for p in sketches]
         last = self._last_sketch_ids
         if last is not None and len(last) == len(names):
             cached = last.ids()
@@ -759,6 +763,11 @@ def _last_occurrence(ids: IntArray, size: int) -> npt.NDArray[np.bool_]:
     position[ids] = np.arange(n)  # later positions overwrite earlier ones
     keep: npt.NDArray[np.bool_] = position[ids] == np.arange(n)
     return keep
+
+
+def _blobs(sketches: Sequence[SketchPoint]) -> Sequence[bytes]:
+    """Each sketch point's encoded sketch (a column already, from the aggregator)."""
+    return sketches.blobs if isinstance(sketches, SketchColumns) else [p.sketch for p in sketches]
 
 
 def _rollup_kinds(rollups: Sequence[int]) -> npt.NDArray[np.uint8]:
