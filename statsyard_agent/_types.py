@@ -10,7 +10,7 @@ import itertools
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, overload
+from typing import NamedTuple, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -107,7 +107,46 @@ class SketchPoint:
     sketch: bytes
 
 
-class PointNames(Sequence[str]):
+_T = TypeVar("_T")
+
+
+class _MadeOnRead(Sequence[_T]):
+    """A sequence whose items are all made (by :meth:`made`, once) when the first is read, for
+    columns that most readers never read item by item. Pickles as the tuple of items; equal to
+    any sequence of equal items; not hashable."""
+
+    __slots__ = ()
+
+    def made(self) -> tuple[_T, ...]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[_T, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | tuple[_T, ...]:
+        return self.made()[index]
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(self.made())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(other) == len(self) and self.made() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[tuple[_T, ...]], tuple[tuple[_T, ...]]]:
+        return (tuple, (self.made(),))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.made()!r})"
+
+
+class PointNames(_MadeOnRead[str]):
     """The point names of a flush batch as blocks of ``base + suffix``, made when first read.
 
     Why: a flush of 100k series has ~800k points, each named by its series' base name and a
@@ -115,8 +154,7 @@ class PointNames(Sequence[str]):
     build, and ~70 bytes a point of the batch; in the steady state the writer only compares
     runs of them with its own names column, which :meth:`joined` serves without keeping a
     string per point. Any other read makes the tuple of names once (kept; safe to race: both
-    racers make equal tuples). Pickles as that tuple; equal to any sequence of the same names.
-    ``bases`` must not change for the life of the object.
+    racers make equal tuples). ``bases`` must not change for the life of the object.
     """
 
     __slots__ = ("_blocks", "_count", "_made")
@@ -129,7 +167,7 @@ class PointNames(Sequence[str]):
     def __len__(self) -> int:
         return self._count
 
-    def names(self) -> tuple[str, ...]:
+    def made(self) -> tuple[str, ...]:
         """Every name, made once."""
         made = self._made
         if made is None:
@@ -140,31 +178,6 @@ class PointNames(Sequence[str]):
                 )
             )
         return made
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
-
-    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
-        return self.names()[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(other) == self._count and self.names() == tuple(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[type[tuple[str, ...]], tuple[tuple[str, ...]]]:
-        return (tuple, (self.names(),))
-
-    def __repr__(self) -> str:
-        return f"PointNames({self.names()!r})"
 
     def joined(self, start: int, stop: int, separator: str) -> str:
         """``separator.join(self[start:stop])``, made from the blocks without making the names."""
@@ -182,13 +195,12 @@ class PointNames(Sequence[str]):
         return separator.join(pieces)
 
 
-class SketchColumns(Sequence[SketchPoint]):
+class SketchColumns(_MadeOnRead[SketchPoint]):
     """A flush batch's sketch points as three columns (``names``, ``tags``, ``blobs``), each
     :class:`SketchPoint` made when first read.
 
     Why: like :class:`PointNames`, 50k objects per flush of which the writer, in the steady
-    state, reads only the columns. Pickles as the tuple of points; equal to any sequence of the
-    same points. The columns must not change for the life of the object.
+    state, reads only the columns. The columns must not change for the life of the object.
     """
 
     __slots__ = ("_made", "blobs", "names", "tags")
@@ -204,37 +216,12 @@ class SketchColumns(Sequence[SketchPoint]):
     def __len__(self) -> int:
         return len(self.names)
 
-    def points(self) -> tuple[SketchPoint, ...]:
+    def made(self) -> tuple[SketchPoint, ...]:
         """Every point, made once."""
         made = self._made
         if made is None:
             made = self._made = tuple(map(SketchPoint, self.names, self.tags, self.blobs))
         return made
-
-    @overload
-    def __getitem__(self, index: int) -> SketchPoint: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> tuple[SketchPoint, ...]: ...
-
-    def __getitem__(self, index: int | slice) -> SketchPoint | tuple[SketchPoint, ...]:
-        return self.points()[index]
-
-    def __iter__(self) -> Iterator[SketchPoint]:
-        return iter(self.points())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(other) == len(self) and self.points() == tuple(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[type[tuple[SketchPoint, ...]], tuple[tuple[SketchPoint, ...]]]:
-        return (tuple, (self.points(),))
-
-    def __repr__(self) -> str:
-        return f"SketchColumns({self.points()!r})"
 
 
 @dataclass(frozen=True, slots=True)
