@@ -165,13 +165,12 @@ class Taken(Generic[_K, _V]):
 
     data: Mapping[_K, _V]
     idle: tuple[_K, ...]
-    #: Every key, with data or idle, in first-seen order; () when none is idle (then it is
-    #: ``data``'s order). Points are emitted in this order (see :func:`_in_seen_order`).
+    #: Every key, with data or idle, in first-seen order: the order points are emitted in, so
+    #: that a flush's points come in the previous flush's order whenever the series are the
+    #: same, whatever order their lines arrived in (the storage then recognises a batch of known
+    #: series by comparing names run by run, ``SeriesIndex.same_keys``, instead of hashing and
+    #: looking up ~800k fresh name strings).
     order: tuple[_K, ...] = ()
-
-    def keys(self) -> Sequence[_K]:
-        """Every key, with data or idle, in first-seen order."""
-        return self.order if self.idle else tuple(self.data)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -667,8 +666,7 @@ class Aggregator:
         data = family.data
         family.data = {}
         idle = self._age(family, data, timestamp, cutoff)
-        seen = family.seen
-        return Taken(_in_seen_order(data, seen), idle, tuple(seen) if idle else ())
+        return Taken(data, idle, tuple(family.seen))
 
     def _roll_samples(self, family: _TimerFamily, timestamp: int, cutoff: float) -> TakenSamples:
         data, weighted, chunks, chunk_keys = family.data, family.weighted, family.chunks, family.chunk_keys
@@ -690,7 +688,7 @@ class Aggregator:
         idle: tuple[_K, ...] = ()
         # Every seen key had data this interval unless seen outnumbers the re-seen keys.
         if len(seen) > len(active) - family.new:
-            # In first-seen order, like the data (see _in_seen_order).
+            # In first-seen order (see Taken.order).
             quiet = [key for key in seen if key not in active]
             if min(seen.values()) >= cutoff:  # nothing can expire: skip the per-key loop
                 idle = tuple(quiet)
@@ -707,21 +705,6 @@ class Aggregator:
         family.new = 0
         seen.update(dict.fromkeys(active, timestamp))
         return idle
-
-
-def _in_seen_order(data: dict[_K, _V], seen: Mapping[_K, object]) -> dict[_K, _V]:
-    """``data`` (whose keys are all in ``seen``) in the order of ``seen``: first seen first.
-
-    Why: a flush's points then come in the same order as the previous flush's whenever the
-    series are the same, whatever order their lines arrived in this interval, and the storage
-    recognises a batch of known series in that order by comparing names block by block
-    (``SeriesIndex.same_keys``) instead of hashing and looking up ~800k fresh name strings.
-    """
-    if len(data) < 2:
-        return data
-    if len(data) == len(seen):  # every series had data (the steady state): all in C
-        return dict(zip(seen, map(data.__getitem__, seen), strict=True))
-    return {key: data[key] for key in seen if key in data}
 
 
 # -- build ---------------------------------------------------------------------------------------
@@ -794,7 +777,7 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
     # Idle counters, sets, events and service checks emit the same points as the others (zeros),
     # among them in first-seen order, so that a series going idle leaves the order unchanged.
     counters = snapshot.counters
-    keys = counters.keys()
+    keys = counters.order
     bases, tags = _bases(f"{root}counters.", keys, ())
     totals = _values_or_zero(counters.data, keys)
     out.add(bases, ".count", tags, _SUM, totals)
@@ -817,13 +800,13 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
     )
 
     sets = snapshot.sets
-    keys = sets.keys()
+    keys = sets.order
     bases, tags = _bases(f"{root}sets.", keys, ())
     sizes = np.fromiter(map(len, map(sets.data.get, keys, itertools.repeat(()))), np.float64, len(keys))
     out.add(bases, ".count", tags, _MAX, sizes)
 
     for name, taken in (("events", snapshot.events), ("service_checks", snapshot.service_checks)):
-        tag_keys = taken.keys()
+        tag_keys = taken.order
         out.add([root + name] * len(tag_keys), "", tag_keys, _SUM, _values_or_zero(taken.data, tag_keys))
 
     return out.batch(snapshot.timestamp, interval, sketches)
