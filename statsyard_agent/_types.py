@@ -224,6 +224,13 @@ class SketchColumns(_MadeOnRead[SketchPoint]):
         return made
 
 
+def join_names(names: Sequence[str], start: int, stop: int, separator: str) -> str:
+    """``separator.join(names[start:stop])``; for :class:`PointNames` without making the names."""
+    if isinstance(names, PointNames):
+        return names.joined(start, stop, separator)
+    return separator.join(names[start:stop])
+
+
 @dataclass(frozen=True, slots=True)
 class FlushBatch:
     """Everything one flush produced, columnar: point ``i`` is ``names[i]``, ``tags[i]`` ...

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from statsyard_agent._exceptions import CorruptDataError, StorageError
-from statsyard_agent._types import PointNames, Rollup, Tags
+from statsyard_agent._types import Rollup, Tags, join_names
 
 from . import _records
 from ._files import storage_error
@@ -233,13 +233,12 @@ class SeriesIndex:
         firsts = ids[bounds[:-1]].tolist()
         known_tags = self.tags
         column = self.names
-        joined = isinstance(names, PointNames) and column.joined_compares
         for first, lo, hi in zip(firsts, bounds, bounds[1:], strict=False):
             if known_tags[first : first + hi - lo] != list(tags[lo:hi]):
                 return False
-            if joined:  # no string per point: the batch's names are made joined, a run at a time
-                assert isinstance(names, PointNames)
-                if not column.matches_joined(first, hi - lo, names.joined(lo, hi, SEPARATOR)):
+            if column.joined_compares:
+                # A run's names joined (from a PointNames batch: no string made per point).
+                if not column.matches_joined(first, hi - lo, join_names(names, lo, hi, SEPARATOR)):
                     return False
             elif not column.matches(first, names[lo:hi]):
                 return False
