@@ -343,7 +343,29 @@ def _integer_group_argsort(values: FloatArray, groups: IntArray) -> IntArray | N
     if low:
         whole -= low
     key |= whole
-    return np.argsort(key, kind="stable").astype(np.int64, copy=False)
+    # Timsort is quick on groups that arrive in runs (one array per series); samples merged from
+    # the workers' shipments arrive nearly shuffled, where an LSD radix sort in 16-bit digits
+    # (numpy's stable sort of uint16 is a counting sort) is ~3x faster. Both are stable.
+    shuffled = np.count_nonzero(groups[1:] < groups[:-1]) > groups.size // _RADIX_WHEN_RUNS_BELOW
+    if not shuffled:
+        return np.argsort(key, kind="stable").astype(np.int64, copy=False)
+    return _radix_argsort(key, last.bit_length() + bits)
+
+
+#: :func:`_integer_group_argsort` sorts by radix when groups fall back more often than once
+#: per this many samples (runs shorter than that).
+_RADIX_WHEN_RUNS_BELOW: Final = 64
+
+
+def _radix_argsort(key: IntArray, bits: int) -> IntArray:
+    """Stable argsort of non-negative ``key`` below ``2**bits``: least significant 16-bit
+    digit first, each pass a stable sort of one digit of the keys in the order so far."""
+    order = np.argsort(key.astype(np.uint16), kind="stable")  # the cast keeps the low 16 bits
+    for shift in range(16, bits, 16):
+        digit = key[order]
+        digit >>= shift
+        order = order[np.argsort(digit.astype(np.uint16), kind="stable")]
+    return order.astype(np.int64, copy=False)
 
 
 #: Powers of ten tried by :func:`_integer_group_argsort` (timers in ms with up to µs digits).
@@ -519,12 +541,15 @@ class _Buckets:
         # Byte layout per series: version, flags, n_neg, n_pos, zero, its keys, its counts;
         # positions come from running sums of the varint lengths, per section.
         # np.empty, not zeros: calloc would hand out fresh pages that fault on first write.
+        # (Widened first, then summed in place: a cumsum that casts as it goes is ~5x slower.)
         key_cum = np.empty(b + 1, dtype=np.int64)
         key_cum[0] = 0
-        np.cumsum(key_len, dtype=np.int64, out=key_cum[1:])
+        key_cum[1:] = key_len
+        np.cumsum(key_cum[1:], out=key_cum[1:])
         count_cum = np.empty(b + 1, dtype=np.int64)
         count_cum[0] = 0
-        np.cumsum(count_len, dtype=np.int64, out=count_cum[1:])
+        count_cum[1:] = count_len
+        np.cumsum(count_cum[1:], out=count_cum[1:])
         bucket_end = bucket_start + per_series
         key_bytes = key_cum[bucket_end] - key_cum[bucket_start]
         count_bytes = count_cum[bucket_end] - count_cum[bucket_start]
@@ -772,7 +797,8 @@ def _write_items(values: _U64Array, is_f64: npt.NDArray[np.bool_]) -> tuple[byte
     lengths[is_f64] = 8
     start = np.zeros(values.size, dtype=np.int64)
     if values.size:
-        np.cumsum(lengths[:-1], dtype=np.int64, out=start[1:])
+        start[1:] = lengths[:-1]
+        np.cumsum(start[1:], out=start[1:])
     total = int(start[-1]) + int(lengths[-1]) if values.size else 0
     buf = np.zeros(total, dtype=np.uint8)
     # Raw words are written last, over the placeholder byte _put_varints leaves at their start.

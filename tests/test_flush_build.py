@@ -9,7 +9,10 @@ and the lazily concatenated names.
 from __future__ import annotations
 
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +90,30 @@ def test_integer_sort_key_declines_what_it_cannot_order(values: list[float]) -> 
     groups = np.repeat(np.arange(4, dtype=np.int64), len(values))
     assert _sketch._integer_group_argsort(array, groups) is None
     assert np.array_equal(_sketch.group_argsort(array, groups), _sketch._complex_group_argsort(array, groups))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 63).flatmap(
+        lambda bits: st.tuples(st.just(bits), st.lists(st.integers(0, 2**bits - 1), max_size=300))
+    )
+)
+def test_radix_sort_gives_the_stable_permutation(case: tuple[int, list[int]]) -> None:
+    bits, keys = case
+    key = np.array(keys, dtype=np.int64)
+    expected = np.argsort(key, kind="stable")
+    assert np.array_equal(_sketch._radix_argsort(key, bits), expected)
+
+
+def test_shuffled_groups_take_the_radix_sort_and_runs_take_timsort() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 1000, 20_000).astype(np.float64)
+    shuffled = rng.integers(0, 5_000, 20_000)
+    runs = np.sort(shuffled)
+    for groups in (shuffled, runs):
+        assert np.array_equal(_sketch.group_argsort(values, groups), _reference_order(values, groups))
+    assert np.count_nonzero(shuffled[1:] < shuffled[:-1]) > shuffled.size // _sketch._RADIX_WHEN_RUNS_BELOW
+    assert np.count_nonzero(runs[1:] < runs[:-1]) <= runs.size // _sketch._RADIX_WHEN_RUNS_BELOW
 
 
 def test_integer_sort_key_accepts_narrow_group_dtypes() -> None:
@@ -181,3 +208,16 @@ def test_point_names_read_like_a_tuple_and_join_without_making_every_name() -> N
     assert names.joined(1, 4, "|") == "bb.count|c|dd.p90"  # from the made tuple now
     assert PointNames([]) == ()
     assert PointNames([]).joined(0, 0, "\n") == ""
+
+
+def test_the_agent_keeps_numpy_off_transparent_huge_pages() -> None:
+    # Zeroing fresh huge pages for the flush's short-lived arrays cost 100-200 ms per flush.
+    probe = (
+        "import statsyard_agent, numpy._core.multiarray as m; "
+        "print(m._get_madvise_hugepage() if hasattr(m, '_get_madvise_hugepage') else 'absent')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    if out.stdout.strip() == "absent":
+        pytest.skip("this numpy has no huge page switch")
+    assert out.stdout.strip() == "False"
