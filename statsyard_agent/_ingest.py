@@ -316,6 +316,7 @@ class PreAggregator:
         "_max_series",
         "_n_slots",
         "_parser",
+        "_peak_slots",
         "_refused",
         "_refused_keys",
         "_sample_slots",
@@ -373,6 +374,7 @@ class PreAggregator:
         self._free: array[int] = array("q")  # evicted slots to reuse (8 bytes each, not an int object)
         self._high = 0
         self._n_slots = 0
+        self._peak_slots = 0
         self._chunks: list[tuple[Int64s, Floats]] = []
         self._sample_slots: array[int] = array("q")
         self._sample_values: array[float] = array("d")
@@ -396,6 +398,11 @@ class PreAggregator:
         """Slots held (touched this interval, or idle for fewer than ``evict_after`` takes)."""
         return self._n_slots
 
+    @property
+    def peak_slots(self) -> int:
+        """The most slots held at any take so far (slots only grow between takes)."""
+        return self._peak_slots
+
     def take(self) -> Partial:
         """Hand over the interval's data (the caller owns it) and start a new interval.
 
@@ -406,6 +413,7 @@ class PreAggregator:
     def take_shipment(self) -> Shipment:
         """:meth:`take`, by slot number (what a receive worker ships: see :class:`Shipment`)."""
         self._parser.clear_caches()
+        self._peak_slots = max(self._peak_slots, self._n_slots)
         shipment = Shipment(
             events=self._events,
             service_checks=self._service_checks,

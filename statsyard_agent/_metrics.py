@@ -117,6 +117,9 @@ class StateCollector(Collector):
                       "(killed or crashed).", ingest.worker_lost_datagrams)
         yield counter("statsyard_ingest_worker_lost_lines",
                       "Lines in those datagrams.", ingest.worker_lost_lines)
+        yield counter("statsyard_ingest_worker_recycles",
+                      "Quiet ingest workers replaced by fresh processes to give back the memory "
+                      "of the series they had forgotten (nothing is lost).", ingest.worker_recycles)
 
         aggregator = state.aggregator
         yield gauge("statsyard_series_active",

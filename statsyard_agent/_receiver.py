@@ -205,7 +205,10 @@ class Receiver:
             "parse_errors": dict(counts.parse_errors),
             "receive_errors": self._receive_errors,
         }
-        payload = pickle.dumps((report, self._preagg.take_shipment()), protocol=pickle.HIGHEST_PROTOCOL)
+        shipment = self._preagg.take_shipment()
+        report["slots"] = self._preagg.slots  # held after the take (and its evictions)
+        report["peak_slots"] = self._preagg.peak_slots
+        payload = pickle.dumps((report, shipment), protocol=pickle.HIGHEST_PROTOCOL)
         self._shipped = list(received)
         counts.lines = counts.metrics = counts.events = counts.service_checks = 0
         counts.parse_errors.clear()

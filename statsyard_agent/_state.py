@@ -43,6 +43,8 @@ class IngestCounters:
     # Received by an ingest worker process that ended before shipping them (statsyard_agent._workers).
     worker_lost_datagrams: int = 0
     worker_lost_lines: int = 0
+    # Idle workers replaced to give back the memory of series they forgot (statsyard_agent._workers).
+    worker_recycles: int = 0
 
 
 @dataclass

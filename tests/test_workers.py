@@ -30,7 +30,14 @@ from statsyard_agent._receiver import (
     Receiver,
     received_counts,
 )
-from statsyard_agent._workers import evict_after_ships, open_ingest_sockets, ship_delay, worker_count
+from statsyard_agent import _workers
+from statsyard_agent._workers import (
+    evict_after_ships,
+    open_ingest_sockets,
+    ship_delay,
+    worker_count,
+    worth_recycling,
+)
 from statsyard_agent.storage import Reader
 
 from .conftest import RunningAgent, make_config, start_agent, wait_for
@@ -382,3 +389,55 @@ def test_workers_keep_a_series_bound_for_three_flush_intervals() -> None:
     assert evict_after_ships(flush_interval=10.0, ship_interval=1.0) == 30
     assert evict_after_ships(flush_interval=10.0, ship_interval=0.3) == 100
     assert evict_after_ships(flush_interval=1.0, ship_interval=1.0) == EVICT_AFTER_TAKES
+
+
+@pytest.mark.parametrize(
+    ("slots", "peak", "packets", "seconds", "expected"),
+    [
+        pytest.param(2_000, 100_000, 0, 1.0, True, id="quiet-and-mostly-forgotten"),
+        pytest.param(25_000, 100_000, 500, 1.0, True, id="a-quarter-held-at-the-quiet-limit"),
+        pytest.param(25_001, 100_000, 0, 1.0, False, id="holds-more-than-a-quarter"),
+        pytest.param(2_000, 100_000, 501, 1.0, False, id="busy"),
+        pytest.param(2_000, 100_000, 900, 2.0, True, id="quiet-over-a-longer-ship"),
+        pytest.param(0, 9_999, 0, 1.0, False, id="never-held-many"),
+    ],
+)
+def test_only_a_quiet_worker_that_forgot_most_of_its_series_is_recycled(
+    slots: int, peak: int, packets: int, seconds: float, expected: bool
+) -> None:
+    report = {"slots": slots, "peak_slots": peak, "packets": packets}
+    assert worth_recycling(report, seconds) is expected
+
+
+async def test_a_quiet_worker_that_forgot_its_series_is_replaced_and_nothing_is_lost(
+    nursery: trio.Nursery, tmp_path: Path, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_workers, "RECYCLE_MIN_PEAK_SLOTS", 300)
+    # A series idle for 3 flush intervals (3 s, 60 ships) is forgotten; then the worker is quiet.
+    config = make_config(tmp_path / "data", flush_interval=1, ingest={"workers": 1, "ship_interval": 0.05})
+    agent = await start_agent(nursery, config)
+    await started(agent)
+    (first_pid,) = running_pids(agent)
+    (client,) = clients(1)
+    for batch in range(20):
+        lines = b"\n".join(b"burst.s%d:2|c" % (20 * batch + i) for i in range(20))
+        client.sendto(lines, ("127.0.0.1", agent.udp_port))
+    ingest = agent.handle.state.ingest
+    await wait_for(lambda: ingest.packets == 20, 30, lambda: f"packets {ingest.packets}")
+    await wait_for(
+        lambda: ingest.worker_recycles == 1 and running_pids(agent)[0] not in (None, first_pid),
+        60,
+        lambda: f"recycles={ingest.worker_recycles} pids={running_pids(agent)}",
+    )
+    child = agent.handle.supervisor.children["ingest_worker_0"]
+    assert child.restarts == 0  # a replacement, not a failure
+    assert (ingest.worker_lost_datagrams, ingest.worker_lost_lines) == (0, 0)
+    client.sendto(b"burst.s0:5|c\nafter.recycle:1|c", ("127.0.0.1", agent.udp_port))
+    await wait_for(lambda: ingest.packets == 21, 30, lambda: f"packets {ingest.packets}")
+    with trio.fail_after(30):
+        await agent.handle.flush()
+    assert await counter_total(tmp_path / "data", "burst.s0") == 7
+    assert await counter_total(tmp_path / "data", "burst.s399") == 2
+    assert await counter_total(tmp_path / "data", "after.recycle") == 1
+    assert exported(agent, "statsyard_ingest_worker_recycles_total") == 1
+    assert await agent.stop() == 0
