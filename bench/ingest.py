@@ -1207,10 +1207,21 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         metrics = agent.metrics()
         # RSS over two more flush intervals, every 0.1 s: the least is the idle state between
         # flushes, the most includes a flush's and a write's temporaries (475k stored series).
+        # A quiet worker that forgot its series is replaced by a fresh process (the workers'
+        # recycling): samples count only once the same processes have run for 2 s, so none is
+        # taken while a worker is missing or still starting.
         samples = []
+        stable_pids, stable_since = pids, time.monotonic()
         for _ in range(20 * interval):
-            samples.append((rss(pids[:1]), rss(pids)))
+            now_pids = process_tree(agent.process.pid)
+            if sorted(now_pids) != sorted(stable_pids) or len(now_pids) != len(pids):
+                stable_pids, stable_since = now_pids, time.monotonic()
+            elif time.monotonic() - stable_since >= 2.0:
+                samples.append((rss(now_pids[:1]), rss(now_pids)))
             time.sleep(0.1)
+        if not samples:
+            raise RuntimeError("the agent's processes never stayed the same for 2 s")
+        recycles = agent.metrics().get("statsyard_ingest_worker_recycles_total", 0)
     series = max(metrics.get("statsyard_series_active", 0), 1)
     after_main, after_all = min(m for m, _ in samples), min(a for _, a in samples)
     peak_main, peak_all = max(m for m, _ in samples), max(a for _, a in samples)
@@ -1223,13 +1234,15 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         "all_bytes_per_series_in_flush": (peak_all - before_all) / series,
         "main_rss_bytes": after_main,
         "all_rss_bytes": after_all,
+        "worker_recycles": recycles,
     }
     log(
         f"  workers={workers}: {series:.0f} idle series: agent process "
         f"{result['main_bytes_per_series']:.0f} B/series between flushes "
         f"({result['main_bytes_per_series_in_flush']:.0f} at most, in a flush), with workers "
         f"{result['all_bytes_per_series']:.0f} ({result['all_bytes_per_series_in_flush']:.0f}) B/series "
-        f"(RSS {after_main / 2**20:.0f} MiB, all {after_all / 2**20:.0f} MiB)"
+        f"(RSS {after_main / 2**20:.0f} MiB, all {after_all / 2**20:.0f} MiB; "
+        f"{recycles:.0f} workers recycled)"
     )
     return result
 
