@@ -18,6 +18,7 @@ import pytest
 import trio
 from prometheus_client import generate_latest
 
+from statsyard_agent import _workers
 from statsyard_agent._config import Address, build_config
 from statsyard_agent._exceptions import ConfigError
 from statsyard_agent._ingest import EVICT_AFTER_TAKES
@@ -30,7 +31,6 @@ from statsyard_agent._receiver import (
     Receiver,
     received_counts,
 )
-from statsyard_agent import _workers
 from statsyard_agent._workers import (
     evict_after_ships,
     open_ingest_sockets,
