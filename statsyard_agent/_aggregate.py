@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from array import array
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from ._types import (
     Metric,
     MetricKind,
     PointNames,
+    PrefixedNames,
     Rollup,
     ServiceCheck,
     SketchColumns,
@@ -778,13 +780,13 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
     # among them in first-seen order, so that a series going idle leaves the order unchanged.
     counters = snapshot.counters
     keys = counters.order
-    bases, tags = _bases(f"{root}counters.", keys, ())
+    bases, tags = _bases(f"{root}counters.", keys)
     totals = _values_or_zero(counters.data, keys)
     out.add(bases, ".count", tags, _SUM, totals)
     out.add(bases, ".rate", tags, _RATE, totals / interval)
 
     gauges = snapshot.gauges
-    bases, tags = _bases(f"{root}gauges.", gauges.keys(), ())
+    bases, tags = _bases(f"{root}gauges.", gauges.keys())
     out.add(bases, "", tags, _LAST, np.fromiter(gauges.values(), np.float64, len(gauges)))
 
     sketches = _build_timers(
@@ -801,7 +803,7 @@ def build_flush_batch(snapshot: Snapshot) -> FlushBatch:
 
     sets = snapshot.sets
     keys = sets.order
-    bases, tags = _bases(f"{root}sets.", keys, ())
+    bases, tags = _bases(f"{root}sets.", keys)
     sizes = np.fromiter(map(len, map(sets.data.get, keys, itertools.repeat(()))), np.float64, len(keys))
     out.add(bases, ".count", tags, _MAX, sizes)
 
@@ -882,7 +884,7 @@ class _Gathered:
     ``series[j]`` (``bases[series[j]]`` with ``tags[series[j]]``), which has ``lengths[i] > 0``
     samples; ``weights`` is None when every sample had rate 1."""
 
-    bases: list[str]
+    bases: Sequence[str]
     tags: list[Tags]
     values: FloatArray
     weights: FloatArray | None
@@ -897,7 +899,7 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
     in first-seen order (``TakenSamples.order``) and their samples may come in several pieces
     (an array in ``data``, chunks), which the build's grouping sort brings together."""
     keys: list[SeriesKey] = []
-    bases: list[str] = []
+    segments: list[tuple[str, Sequence[str]]] = []
     plain_parts: list[FloatArray] = []
     plain_series: list[IntArray] = []
     pair_parts: list[array[float]] = []
@@ -906,8 +908,10 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
     idle_tags: list[Tags] = []
     for namespace, taken in groups:
         prefix = f"{root}{namespace}."
-        number = dict(zip(taken.order, itertools.count(len(keys))))
+        first = len(keys)
         keys += taken.order
+        # Series numbers by key, for the samples kept by series (chunks are renumbered below).
+        number = dict(zip(taken.order, itertools.count(first))) if taken.data or taken.weighted else {}
         if taken.data:
             arrays = list(taken.data.values())
             plain_parts.append(np.frombuffer(b"".join(arrays), dtype=np.float64))
@@ -916,10 +920,12 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
         if taken.chunks:
             # One lookup per series (not per series and chunk): chunk numbers -> series numbers.
             chunk_keys = taken.chunk_keys
-            renumber = np.zeros(max(chunk_keys.values()) + 1, dtype=np.int64)
-            renumber[np.fromiter(chunk_keys.values(), np.int64, len(chunk_keys))] = np.fromiter(
-                map(number.__getitem__, chunk_keys), np.int64, len(chunk_keys)
+            chunk_number = np.fromiter(
+                map(chunk_keys.get, taken.order, itertools.repeat(-1)), np.int64, len(taken.order)
             )
+            chunked = np.flatnonzero(chunk_number >= 0)
+            renumber = np.zeros(max(chunk_keys.values()) + 1, dtype=np.int64)
+            renumber[chunk_number[chunked]] = chunked + first
             for ids, lengths, chunk_values in taken.chunks:
                 plain_parts.append(chunk_values)
                 plain_series.append(np.repeat(renumber[ids], lengths))
@@ -929,10 +935,11 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
             pair_series.append(
                 np.repeat(ids, np.fromiter(map(len, taken.weighted.values()), np.int64, len(ids)) // 2)
             )
-        bases += [prefix + name for name, _ in taken.order]
+        segments.append((prefix, _names_of(taken.order)))
         idle_bases += [prefix + name for name, _ in taken.idle]
-        idle_tags += [t for _, t in taken.idle]
-    tags = [t for _, t in keys]
+        idle_tags += _tags_of(taken.idle)
+    bases: Sequence[str] = PrefixedNames(segments)
+    tags = _tags_of(keys)
 
     plain = np.concatenate(plain_parts) if plain_parts else np.zeros(0)
     series = np.concatenate(plain_series) if plain_series else np.zeros(0, dtype=np.int64)
@@ -958,9 +965,22 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
     return _Gathered(bases, tags, values, weights, series, n, idle_bases, idle_tags)
 
 
-def _bases(prefix: str, keys: Iterable[SeriesKey], idle: Sequence[SeriesKey]) -> tuple[list[str], list[Tags]]:
-    everything = [*keys, *idle]
-    return [prefix + name for name, _ in everything], [t for _, t in everything]
+def _bases(prefix: str, keys: Iterable[SeriesKey]) -> tuple[Sequence[str], list[Tags]]:
+    """The base names (``prefix + name``, made only if read) and the tags of ``keys``."""
+    return PrefixedNames(((prefix, _names_of(keys)),)), _tags_of(keys)
+
+
+# One C-level pass each over keys that are usually out of the CPU's caches by flush time.
+def _names_of(keys: Iterable[SeriesKey]) -> list[str]:
+    return list(map(_FIRST, keys))
+
+
+def _tags_of(keys: Iterable[SeriesKey]) -> list[Tags]:
+    return list(map(_SECOND, keys))
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 
 
 def _values_or_zero(data: Mapping[_K, float], keys: Sequence[_K]) -> FloatArray:

@@ -146,6 +146,52 @@ class _MadeOnRead(Sequence[_T]):
         return f"{type(self).__name__}({self.made()!r})"
 
 
+class PrefixedNames(_MadeOnRead[str]):
+    """Names ``prefix + name`` in segments of one prefix each, made when first read.
+
+    Why: a flush names its series ``stats.timers.`` + the metric name; the metric names exist
+    already (the series keys), and in the steady state nothing needs the 100k joined strings
+    but the writer's comparison, which :meth:`joined` serves straight from the segments.
+    ``names`` must not change for the life of the object.
+    """
+
+    __slots__ = ("_count", "_made", "segments")
+
+    def __init__(self, segments: Sequence[tuple[str, Sequence[str]]]) -> None:
+        self.segments = tuple(segments)
+        self._count = sum(len(names) for _, names in self.segments)
+        self._made: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def made(self) -> tuple[str, ...]:
+        """Every name, made once."""
+        made = self._made
+        if made is None:
+            made = self._made = tuple(
+                itertools.chain.from_iterable(
+                    map(operator.add, itertools.repeat(prefix), names) for prefix, names in self.segments
+                )
+            )
+        return made
+
+    def joined(self, start: int, stop: int, separator: str, suffix: str = "") -> str:
+        """``separator.join(name + suffix for name in self[start:stop])``, without making a name."""
+        if self._made is not None:
+            return separator.join(map(operator.add, self._made[start:stop], itertools.repeat(suffix)))
+        pieces: list[str] = []
+        first = 0
+        for prefix, names in self.segments:
+            end = first + len(names)
+            low, high = max(start, first), min(stop, end)
+            if low < high:
+                glue = suffix + separator + prefix
+                pieces.append(prefix + glue.join(names[low - first : high - first]) + suffix)
+            first = end
+        return separator.join(pieces)
+
+
 class PointNames(_MadeOnRead[str]):
     """The point names of a flush batch as blocks of ``base + suffix``, made when first read.
 
@@ -189,8 +235,11 @@ class PointNames(_MadeOnRead[str]):
             end = first + len(bases)
             low, high = max(start, first), min(stop, end)
             if low < high:
-                # base1 + suffix + separator + base2 + ... + suffix: one join, no name made.
-                pieces.append((suffix + separator).join(bases[low - first : high - first]) + suffix)
+                if isinstance(bases, PrefixedNames):
+                    pieces.append(bases.joined(low - first, high - first, separator, suffix))
+                else:
+                    # base1 + suffix + separator + base2 + ... + suffix: one join, no name made.
+                    pieces.append((suffix + separator).join(bases[low - first : high - first]) + suffix)
             first = end
         return separator.join(pieces)
 
@@ -225,8 +274,9 @@ class SketchColumns(_MadeOnRead[SketchPoint]):
 
 
 def join_names(names: Sequence[str], start: int, stop: int, separator: str) -> str:
-    """``separator.join(names[start:stop])``; for :class:`PointNames` without making the names."""
-    if isinstance(names, PointNames):
+    """``separator.join(names[start:stop])``; for :class:`PointNames` and :class:`PrefixedNames`
+    without making the names."""
+    if isinstance(names, (PointNames, PrefixedNames)):
         return names.joined(start, stop, separator)
     return separator.join(names[start:stop])
 

@@ -21,7 +21,16 @@ from hypothesis import strategies as st
 
 from statsyard_agent import _sketch
 from statsyard_agent._aggregate import Aggregator, AggregatorConfig, build_flush_batch
-from statsyard_agent._types import Metric, MetricKind, PointNames, SketchColumns, SketchPoint, Tags
+from statsyard_agent._types import (
+    Metric,
+    MetricKind,
+    PointNames,
+    PrefixedNames,
+    SketchColumns,
+    SketchPoint,
+    Tags,
+    join_names,
+)
 
 
 def _reference_order(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -208,6 +217,32 @@ def test_point_names_read_like_a_tuple_and_join_without_making_every_name() -> N
     assert names.joined(1, 4, "|") == "bb.count|c|dd.p90"  # from the made tuple now
     assert PointNames([]) == ()
     assert PointNames([]).joined(0, 0, "\n") == ""
+
+
+def test_prefixed_names_read_like_a_tuple_and_join_without_making_a_name() -> None:
+    segments = [("stats.timers.", ["a", "bb"]), ("x.", []), ("stats.sets.", ["c", "dd", "e"])]
+    bases = ("stats.timers.a", "stats.timers.bb", "stats.sets.c", "stats.sets.dd", "stats.sets.e")
+    prefixed = PrefixedNames(segments)
+    names = PointNames([(prefixed, ".count"), (["plain"], ""), (prefixed, "")])
+    expected = (*(b + ".count" for b in bases), "plain", *bases)
+    assert len(prefixed) == 5
+    assert len(names) == len(expected)
+    for start in range(len(expected) + 1):
+        for stop in range(start, len(expected) + 1):
+            assert names.joined(start, stop, "\n") == "\n".join(expected[start:stop])
+            if stop <= 5:
+                assert join_names(prefixed, start, stop, "\n") == "\n".join(bases[start:stop])
+                suffixed = "|".join(b + ".p" for b in bases[start:stop])
+                assert prefixed.joined(start, stop, "|", ".p") == suffixed
+    assert prefixed._made is None  # no name made by any join
+    assert names == expected
+    assert prefixed == bases
+    assert prefixed[2] == "stats.sets.c"
+    assert prefixed[1:3] == bases[1:3]
+    assert type(pickle.loads(pickle.dumps(prefixed))) is tuple
+    assert prefixed.joined(0, 5, "|", ".p") == "|".join(b + ".p" for b in bases)  # from the made tuple
+    assert PrefixedNames([]) == ()
+    assert PrefixedNames([]).joined(0, 0, "\n") == ""
 
 
 def test_the_agent_keeps_numpy_off_transparent_huge_pages() -> None:
