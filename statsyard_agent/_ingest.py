@@ -88,6 +88,9 @@ SPEC_MAX_ENTRIES: Final = 262_144
 
 #: Takes a slot may stay untouched before it is evicted (its series bound again if it returns).
 EVICT_AFTER_TAKES: Final = 8
+#: The same for the agent's own receive path (UDP on the event loop, the Unix socket), which
+#: takes once per flush: three flush intervals, as a receive worker (``evict_after_ships``).
+EVICT_AFTER_FLUSHES: Final = 3
 #: Evicting at least this many slots at once rebuilds the pre-aggregator's tables (see
 #: ``PreAggregator._evict_idle``).
 COMPACT_AFTER_EVICTING: Final = 4096
@@ -409,6 +412,16 @@ class PreAggregator:
         O(slots held) when anything was fed since the last take, O(1) otherwise.
         """
         return self.take_shipment().partial(self._keys.__getitem__)
+
+    def take_or_age(self) -> Partial | None:
+        """:meth:`take` when anything may have come since the last take; otherwise only age
+        the slots held, so that quiet series are forgotten even when nothing at all arrives
+        (what a receive worker's periodic ship does), and return None."""
+        if self.pending:
+            return self.take()
+        if self._n_slots:
+            self.take_shipment()
+        return None
 
     def take_shipment(self) -> Shipment:
         """:meth:`take`, by slot number (what a receive worker ships: see :class:`Shipment`)."""

@@ -19,7 +19,7 @@ import trio
 from ._aggregate import Aggregator, Snapshot
 from ._config import AgentConfig
 from ._faults import FaultInjector
-from ._ingest import PreAggregator
+from ._ingest import EVICT_AFTER_FLUSHES, PreAggregator
 from ._protocol import Parser
 from ._queue import BatchQueue
 from ._tags import BatchTagger
@@ -92,7 +92,9 @@ class AgentState:
     batch_observers: list[Callable[[FlushBatch], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.preagg = PreAggregator(self.parser, self.ingest, self.config.aggregator.max_series)
+        self.preagg = PreAggregator(
+            self.parser, self.ingest, self.config.aggregator.max_series, EVICT_AFTER_FLUSHES
+        )
 
     def wake_writer(self) -> None:
         self.writer_wakeup.set()
@@ -110,5 +112,6 @@ class AgentState:
 
     def merge_preaggregated(self) -> None:
         """Fold what the receive path pre-aggregated into the aggregator's open interval."""
-        if self.preagg.pending:
-            self.aggregator.merge(self.preagg.take())
+        partial = self.preagg.take_or_age()
+        if partial is not None:
+            self.aggregator.merge(partial)

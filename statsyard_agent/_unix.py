@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from ._config import UnixConfig
 from ._exceptions import ConfigError
-from ._ingest import PreAggregator
+from ._ingest import EVICT_AFTER_FLUSHES, PreAggregator
 from ._origin import OriginResolver
 from ._protocol import Parser, ParserConfig, ParseResult
 from ._state import AgentState
@@ -177,15 +177,18 @@ class UnixListener:
             if evicted.pending:
                 state.aggregator.merge(evicted.take())
         parser = self.parser if not extra else _OriginParser(self.parser, extra)
-        preagg = preaggs[extra] = PreAggregator(parser, state.ingest, state.config.aggregator.max_series)
+        preagg = preaggs[extra] = PreAggregator(
+            parser, state.ingest, state.config.aggregator.max_series, EVICT_AFTER_FLUSHES
+        )
         return preagg
 
     async def collect(self, state: AgentState) -> None:
         """Merge every origin's pre-aggregate into the aggregator (before each flush)."""
         aggregator = state.aggregator
         for preagg in self._preaggs.values():
-            if preagg.pending:
-                aggregator.merge(preagg.take())
+            partial = preagg.take_or_age()
+            if partial is not None:
+                aggregator.merge(partial)
 
     @property
     def origins(self) -> int:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import time
 from array import array
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +22,7 @@ from statsyard_agent._aggregate import Aggregator, AggregatorConfig, Partial, bu
 from statsyard_agent._ingest import EVICT_AFTER_TAKES, PreAggregator, SimpleCounts
 from statsyard_agent._protocol import Parser, ParserConfig
 from statsyard_agent._types import Event, FlushBatch, MetricKind
+from statsyard_agent.storage import Reader
 
 from .conftest import make_config, start_agent, statsd_client
 
@@ -425,6 +428,38 @@ async def test_cardinality_cap_is_counted_and_logged_once_per_interval(
         assert aggregator.rejected_series == 3
         assert len(logged()) == 2
     assert await agent.stop() == 0
+
+
+async def test_the_event_loop_receive_path_forgets_series_quiet_for_three_flushes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The agent's own receive path (workers = 0) ages its slots at every flush, also when
+    nothing at all arrived since the last (it used to take only when fed, so a burst of series
+    stayed bound forever); a forgotten series binds again and adds up as before."""
+    agent = await start_agent(nursery, make_config(tmp_path / "data"))
+    preagg = agent.handle.state.preagg
+    with statsd_client(agent.udp_port) as client:
+        for i in range(50):
+            client.incr(f"quiet.s{i}", 2)
+        await agent.wait_lines(50)
+        for flush in range(_ingest.EVICT_AFTER_FLUSHES + 1):
+            with trio.fail_after(30):
+                await agent.handle.flush()
+            assert preagg.slots == (50 if flush < _ingest.EVICT_AFTER_FLUSHES else 0)
+        client.incr("quiet.s0", 3)
+        await agent.wait_lines(51)
+        with trio.fail_after(30):
+            await agent.handle.flush()
+        assert preagg.slots == 1
+    assert preagg.take_or_age() is None  # quiet: nothing to merge
+    assert await agent.stop() == 0
+    now = int(time.time())
+    reader = Reader(tmp_path / "data")
+    try:
+        found = reader.query("stats.counters.quiet.s0.count", now - 3600, now + 3600)
+    finally:
+        reader.close()
+    assert sum(float(np.nansum(series.values)) for series in found) == 5.0
 
 
 def test_each_take_hands_over_the_set_members_since_the_last() -> None:
