@@ -1070,6 +1070,8 @@ def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -
     _, warm_write_s = _histogram_delta(warmed, at_start, "statsyard_write_duration_seconds")
     flushes, flush_s = _histogram_delta(metrics, warmed, "statsyard_flush_duration_seconds")
     writes, write_s = _histogram_delta(metrics, warmed, "statsyard_write_duration_seconds")
+    within = 'statsyard_flush_duration_seconds_bucket{le="0.5"}'
+    over_half_second = flushes - (metrics.get(within, 0) - warmed.get(within, 0))
     result = {
         "workers": workers,
         "seconds": sent.seconds,
@@ -1082,6 +1084,7 @@ def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -
         "kernel_drops": drops(metrics, warmed),
         "flushes_during_send": flushes,
         "mean_flush_s": flush_s,
+        "flushes_over_500ms": over_half_second,
         "writes_during_send": writes,
         "mean_write_s": write_s,
         "backlog_drops": backlog_drops() - backlog0,
@@ -1092,7 +1095,8 @@ def run_flush_check(sender: Path, scratch: Path, seconds: float, workers: int) -
         f"  workers={workers}: {result['lines_per_s'] / 1e3:.0f}k lines/s, {result['series_active']:.0f} "
         f"series; warm-up (new series): {warm_flushes:.0f} flushes, mean {warm_flush_s * 1e3:.0f} ms, "
         f"write {warm_write_s * 1e3:.0f} ms, kernel drops {result['warmup_kernel_drops']:.0f}; "
-        f"steady {sent.seconds:.0f} s: {flushes:.0f} flushes, mean {flush_s * 1e3:.0f} ms, write "
+        f"steady {sent.seconds:.0f} s: {flushes:.0f} flushes, mean {flush_s * 1e3:.0f} ms "
+        f"({over_half_second:.0f} over 500 ms), write "
         f"{write_s * 1e3:.0f} ms, kernel drops {result['kernel_drops']:.0f}; counter loss "
         f"{result['counter_loss'] * 100:.3f} % (others used {others:.2f} cores)"
     )
@@ -1330,7 +1334,8 @@ def print_table(report: Report) -> None:
                 f"{warm_flush:.0f} ms, mean write {warm_write:.0f} ms, "
                 f"kernel drops {row['warmup_kernel_drops']:.0f}\n"
                 f"    steady {row['seconds']:.0f} s: {row['flushes_during_send']:.0f} flushes, mean flush "
-                f"{row['mean_flush_s'] * 1e3:.0f} ms, mean write {row['mean_write_s'] * 1e3:.0f} ms, kernel "
+                f"{row['mean_flush_s'] * 1e3:.0f} ms ({row['flushes_over_500ms']:.0f} over 500 ms), "
+                f"mean write {row['mean_write_s'] * 1e3:.0f} ms, kernel "
                 f"drops {row['kernel_drops']:.0f}\n"
                 f"    counter loss over both: {row['counter_loss'] * 100:.3f} %"
             )
