@@ -10,13 +10,22 @@ the aggregator's side (points in first-seen order) is pinned in ``test_aggregate
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from statsyard_agent._sketch import LogSketch
-from statsyard_agent._types import FlushBatch, PointNames, Rollup, SketchPoint, Tags
+from statsyard_agent._types import (
+    FlushBatch,
+    PointNames,
+    PrefixedNames,
+    Rollup,
+    SketchColumns,
+    SketchPoint,
+    Tags,
+)
 from statsyard_agent.storage import TSDB, Reader, StorageConfig, parse_retention
 from statsyard_agent.storage._index import _MAX_RUNS, SeriesIndex
 
@@ -167,3 +176,38 @@ def test_point_names_are_compared_joined_without_making_them(tmp_path: Path) -> 
             db.write(FlushBatch(T0 + 10 * step, 10.0, same, tuple(tags), (Rollup.LAST,) * 600, values))
     stored_values = _values(tmp_path, "s.*.rate", T0 + 30)
     assert stored_values["s.0299.rate"] == [0.0, 1.0, 2.0]
+
+
+def test_prefixed_names_and_sketch_columns_are_compared_without_making_them(tmp_path: Path) -> None:
+    """The aggregator's batches: base names as prefix + metric name segments, in points and in
+    sketch columns; recognised joined (no name made), and a changed prefix is told apart."""
+    metric_names = [f"api.{i:03d}" for i in range(200)]
+    tags: list[Tags] = [()] * 400
+    blobs = [LogSketch.from_values(np.full(2, i + 1.0)).to_bytes() for i in range(200)]
+
+    def batch(ts: int, prefix: str, value: float) -> FlushBatch:
+        bases = PrefixedNames([(prefix, metric_names[:50]), (prefix, metric_names[50:])])
+        names = PointNames([(bases, ".count"), (bases, ".upper")])
+        sketches = SketchColumns(PrefixedNames([(prefix, metric_names)]), [()] * 200, blobs)
+        return FlushBatch(ts, 10.0, names, tuple(tags), (Rollup.LAST,) * 400, np.full(400, value), sketches)
+
+    with TSDB.open(tmp_path, CONFIG) as db:
+        db.write(batch(T0, "stats.timers.", 1.0))
+        index = _index_of(db)
+        ids = np.arange(400)
+        again = batch(T0 + 10, "stats.timers.", 2.0)
+        assert index.same_keys(ids, again.names, tags)
+        assert not index.same_keys(ids, batch(T0 + 10, "stats.histograms.", 2.0).names, tags)
+        db.write(again)
+        assert isinstance(again.names, PointNames)
+        assert again.names._made is None  # compared joined, never made
+        assert isinstance(again.sketches, SketchColumns)
+        assert isinstance(again.sketches.names, PrefixedNames)
+        assert again.sketches.names._made is None
+        db.write(batch(T0 + 20, "stats.histograms.", 3.0))  # new series: looked up and made
+    stored = _values(tmp_path, "stats.*.api.007.*", T0 + 30)
+    assert stored["stats.timers.api.007.count"][:2] == [1.0, 2.0]
+    assert math.isnan(stored["stats.timers.api.007.count"][2])  # no point: the other series got it
+    assert stored["stats.histograms.api.007.upper"][-1] == 3.0
+    [sketch] = Reader(tmp_path).query("stats.timers.api.007.p50", T0, T0 + 20, now=T0 + 20)
+    assert sketch.values.tolist()[:2] == pytest.approx([8.0, 8.0], rel=0.02)
