@@ -23,7 +23,10 @@ but for one datagram per SIGKILL at most: the one a ``recv`` was returning as th
 (dequeued by the kernel, with no user code run after it, so no program can count it).
 
 At shutdown each worker is asked to read what is queued on its socket, ship everything and exit;
-the app then drains the sockets once more itself before the final flush.
+the app then drains the sockets once more itself before the final flush. The same exchange
+replaces a quiet worker that has forgotten most of the series it once held by a fresh process
+(:func:`worth_recycling`): Python's heap keeps what a burst of series left behind, a new process
+does not; nothing is lost and it is not a restart.
 """
 
 from __future__ import annotations
