@@ -1,9 +1,13 @@
 """CPU cost of one flush of 100k series (50k counters, 50k timers with ~950k samples), in process.
 
-    PYTHONPATH=. python bench/flush.py [--rounds 5]
+    PYTHONPATH=. python bench/flush.py [--rounds 5] [--workers 2]
 
 Feeds one interval's lines through the receive path's pre-aggregator, then times each step of
-the flush as the agent runs it: ``Aggregator.merge`` of the partial, ``take_snapshot``,
+the flush as the agent runs it. ``--workers N`` (the agent's default is 2) feeds them as N receive
+workers would instead: N pre-aggregators, each shipping 10 times per interval (a shipment pickled
+and unpickled, as over the worker's socket, and merged as it comes), so the timer samples reach
+the build in 10 x N chunks, nearly shuffled; "merge" is then only the last round of shipments
+(what a flush's own collect merges). The steps: ``Aggregator.merge`` of the partial, ``take_snapshot``,
 ``BatchTagger.build`` (Etsy's derived series and the quantile sketches, numpy), and
 ``TSDB.write`` into a fresh data directory (round 0 registers ~800k new stored series; later
 rounds are the steady state). ``gc.freeze()`` follows each write, as in the agent. Times are
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import pickle
 import random
 import tempfile
 import time
@@ -25,7 +30,11 @@ from statsyard_agent._config import build_config
 from statsyard_agent._ingest import PreAggregator, SimpleCounts
 from statsyard_agent._protocol import Parser
 from statsyard_agent._tags import BatchTagger
+from statsyard_agent._workers import WorkerSlot
 from statsyard_agent.storage import TSDB
+
+#: Shipments per interval and worker with ``--workers`` (the agent's 1 s ships, 10 s flushes).
+SHIPS_PER_INTERVAL = 10
 
 
 def main() -> None:
@@ -33,6 +42,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=0, help="ship as N receive workers (0: in process)")
     args = parser.parse_args()
     config = build_config({"max_series": 200_000})
     rng = random.Random(7)
@@ -48,13 +58,29 @@ def main() -> None:
         aggregator = Aggregator(config.aggregator)
         tagger = BatchTagger(())
         preagg = PreAggregator(Parser(config.parser), SimpleCounts(), 200_000)
+        workers = [
+            # A slot's partial() needs only its key table (no socket, no shared memory here).
+            (PreAggregator(Parser(config.parser), SimpleCounts(), 200_000), WorkerSlot(i, None, -1, None))
+            for i in range(args.workers)
+        ]
         stamp = int(time.time()) // 10 * 10
         print("round   merge  snapshot   build (cpu)   write  points")
         for round_ in range(args.rounds):
-            for datagram in datagrams:
-                preagg.feed(datagram)
-            t0 = time.perf_counter()
-            aggregator.merge(preagg.take())
+            if workers:
+                per_ship = len(datagrams) // SHIPS_PER_INTERVAL
+                for ship in range(SHIPS_PER_INTERVAL):
+                    shipped = datagrams[ship * per_ship : (ship + 1) * per_ship]
+                    for index, (worker, _) in enumerate(workers):
+                        worker.feed_many(shipped[index :: len(workers)])
+                    t0 = time.perf_counter()  # the last round of shipments is the flush's collect
+                    for worker, slot in workers:
+                        shipment = pickle.loads(pickle.dumps(worker.take_shipment(), protocol=5))
+                        aggregator.merge(slot.partial(shipment))
+            else:
+                for datagram in datagrams:
+                    preagg.feed(datagram)
+                t0 = time.perf_counter()
+                aggregator.merge(preagg.take())
             t1 = time.perf_counter()
             snapshot = aggregator.take_snapshot(stamp + 10 * round_, 10.0)
             t2 = time.perf_counter()
