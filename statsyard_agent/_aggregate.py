@@ -44,7 +44,6 @@ from ._types import (
     Metric,
     MetricKind,
     PointNames,
-    PrefixedNames,
     Rollup,
     ServiceCheck,
     SketchColumns,
@@ -715,7 +714,7 @@ class Aggregator:
 class _Columns:
     """The columns of a flush batch, one block of points at a time.
 
-    A block's names are only recorded as ``(bases, suffix)``: the batch's
+    A block's names are only recorded as ``(prefix, names, suffix)``: the batch's
     :class:`~statsyard_agent._types.PointNames` makes the ~800k name strings of a large flush
     only if something reads them one by one (the writer, in the steady state, does not).
     """
@@ -723,7 +722,7 @@ class _Columns:
     __slots__ = ("names", "rollups", "tags", "values")
 
     def __init__(self) -> None:
-        self.names: list[tuple[Sequence[str], str]] = []
+        self.names: list[tuple[str, Sequence[str], str]] = []
         self.tags: list[Sequence[Tags]] = []
         self.rollups: list[tuple[Rollup, ...]] = []
         self.values: list[FloatArray] = []
@@ -734,7 +733,10 @@ class _Columns:
         """Points ``bases[i] + suffix`` with ``tags[i]`` and ``values[i]``; ``bases`` and
         ``tags`` must not change afterwards (the batch's names read them)."""
         if bases:
-            self.names.append((bases, suffix))
+            if isinstance(bases, PointNames):
+                self.names += bases.suffixed(suffix)
+            else:
+                self.names.append(("", bases, suffix))
             self.tags.append(tags)
             self.rollups.append((rollup,) * len(bases))
             self.values.append(np.asarray(values, dtype=np.float64))
@@ -938,7 +940,7 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
         segments.append((prefix, _names_of(taken.order)))
         idle_bases += [prefix + name for name, _ in taken.idle]
         idle_tags += _tags_of(taken.idle)
-    bases: Sequence[str] = PrefixedNames(segments)
+    bases: Sequence[str] = PointNames([(prefix, names, "") for prefix, names in segments])
     tags = _tags_of(keys)
 
     plain = np.concatenate(plain_parts) if plain_parts else np.zeros(0)
@@ -967,7 +969,7 @@ def _gather_samples(root: str, groups: Iterable[tuple[str, TakenSamples]]) -> _G
 
 def _bases(prefix: str, keys: Iterable[SeriesKey]) -> tuple[Sequence[str], list[Tags]]:
     """The base names (``prefix + name``, made only if read) and the tags of ``keys``."""
-    return PrefixedNames(((prefix, _names_of(keys)),)), _tags_of(keys)
+    return PointNames([(prefix, _names_of(keys), "")]), _tags_of(keys)
 
 
 # One C-level pass each over keys that are usually out of the CPU's caches by flush time.

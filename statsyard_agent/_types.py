@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import itertools
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar, overload
 
@@ -146,68 +146,24 @@ class _MadeOnRead(Sequence[_T]):
         return f"{type(self).__name__}({self.made()!r})"
 
 
-class PrefixedNames(_MadeOnRead[str]):
-    """Names ``prefix + name`` in segments of one prefix each, made when first read.
-
-    Why: a flush names its series ``stats.timers.`` + the metric name; the metric names exist
-    already (the series keys), and in the steady state nothing needs the 100k joined strings
-    but the writer's comparison, which :meth:`joined` serves straight from the segments.
-    ``names`` must not change for the life of the object.
-    """
-
-    __slots__ = ("_count", "_made", "segments")
-
-    def __init__(self, segments: Sequence[tuple[str, Sequence[str]]]) -> None:
-        self.segments = tuple(segments)
-        self._count = sum(len(names) for _, names in self.segments)
-        self._made: tuple[str, ...] | None = None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def made(self) -> tuple[str, ...]:
-        """Every name, made once."""
-        made = self._made
-        if made is None:
-            made = self._made = tuple(
-                itertools.chain.from_iterable(
-                    map(operator.add, itertools.repeat(prefix), names) for prefix, names in self.segments
-                )
-            )
-        return made
-
-    def joined(self, start: int, stop: int, separator: str, suffix: str = "") -> str:
-        """``separator.join(name + suffix for name in self[start:stop])``, without making a name."""
-        if self._made is not None:
-            return separator.join(map(operator.add, self._made[start:stop], itertools.repeat(suffix)))
-        pieces: list[str] = []
-        first = 0
-        for prefix, names in self.segments:
-            end = first + len(names)
-            low, high = max(start, first), min(stop, end)
-            if low < high:
-                glue = suffix + separator + prefix
-                pieces.append(prefix + glue.join(names[low - first : high - first]) + suffix)
-            first = end
-        return separator.join(pieces)
-
-
 class PointNames(_MadeOnRead[str]):
-    """The point names of a flush batch as blocks of ``base + suffix``, made when first read.
+    """Names as blocks of ``prefix + name + suffix`` (one prefix and one suffix per block), made
+    when first read.
 
-    Why: a flush of 100k series has ~800k points, each named by its series' base name and a
-    stat (``stats.timers.api`` + ``.upper_90``). Making 800k strings was a third of the flush's
-    build, and ~70 bytes a point of the batch; in the steady state the writer only compares
-    runs of them with its own names column, which :meth:`joined` serves without keeping a
-    string per point. Any other read makes the tuple of names once (kept; safe to race: both
-    racers make equal tuples). ``bases`` must not change for the life of the object.
+    Why: a flush of 100k series has ~800k points, each named by its kind's prefix, its metric
+    name and a stat (``stats.timers.`` + ``api`` + ``.upper_90``). Making 800k strings was a
+    third of the flush's build, and ~70 bytes a point of the batch; in the steady state the
+    writer only compares runs of them with its own names column, which :meth:`joined` serves
+    straight from the blocks (the metric names are the series keys' own strings). Any other read
+    makes the tuple of names once (kept; safe to race: both racers make equal tuples). The
+    blocks' names must not change for the life of the object.
     """
 
-    __slots__ = ("_blocks", "_count", "_made")
+    __slots__ = ("_count", "_made", "blocks")
 
-    def __init__(self, blocks: Sequence[tuple[Sequence[str], str]]) -> None:
-        self._blocks = tuple(blocks)
-        self._count = sum(len(bases) for bases, _ in self._blocks)
+    def __init__(self, blocks: Sequence[tuple[str, Sequence[str], str]]) -> None:
+        self.blocks = tuple(blocks)
+        self._count = sum(len(names) for _, names, _ in self.blocks)
         self._made: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
@@ -218,10 +174,7 @@ class PointNames(_MadeOnRead[str]):
         made = self._made
         if made is None:
             made = self._made = tuple(
-                itertools.chain.from_iterable(
-                    map(operator.add, bases, itertools.repeat(suffix)) if suffix else bases
-                    for bases, suffix in self._blocks
-                )
+                itertools.chain.from_iterable(_affixed(*block) for block in self.blocks)
             )
         return made
 
@@ -231,17 +184,25 @@ class PointNames(_MadeOnRead[str]):
             return separator.join(self._made[start:stop])
         pieces: list[str] = []
         first = 0
-        for bases, suffix in self._blocks:
-            end = first + len(bases)
+        for prefix, names, suffix in self.blocks:
+            end = first + len(names)
             low, high = max(start, first), min(stop, end)
             if low < high:
-                if isinstance(bases, PrefixedNames):
-                    pieces.append(bases.joined(low - first, high - first, separator, suffix))
-                else:
-                    # base1 + suffix + separator + base2 + ... + suffix: one join, no name made.
-                    pieces.append((suffix + separator).join(bases[low - first : high - first]) + suffix)
+                # prefix + name1 + suffix + separator + prefix + name2 ... + suffix: one join.
+                glue = suffix + separator + prefix
+                pieces.append(prefix + glue.join(names[low - first : high - first]) + suffix)
             first = end
         return separator.join(pieces)
+
+    def suffixed(self, suffix: str) -> list[tuple[str, Sequence[str], str]]:
+        """The blocks of these names with ``suffix`` appended to each."""
+        return [(prefix, names, own + suffix) for prefix, names, own in self.blocks]
+
+
+def _affixed(prefix: str, names: Sequence[str], suffix: str) -> Iterable[str]:
+    if prefix:
+        names = list(map(operator.add, itertools.repeat(prefix), names))
+    return map(operator.add, names, itertools.repeat(suffix)) if suffix else names
 
 
 class SketchColumns(_MadeOnRead[SketchPoint]):
@@ -274,9 +235,8 @@ class SketchColumns(_MadeOnRead[SketchPoint]):
 
 
 def join_names(names: Sequence[str], start: int, stop: int, separator: str) -> str:
-    """``separator.join(names[start:stop])``; for :class:`PointNames` and :class:`PrefixedNames`
-    without making the names."""
-    if isinstance(names, (PointNames, PrefixedNames)):
+    """``separator.join(names[start:stop])``; for :class:`PointNames` without making the names."""
+    if isinstance(names, PointNames):
         return names.joined(start, stop, separator)
     return separator.join(names[start:stop])
 

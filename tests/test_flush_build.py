@@ -25,7 +25,6 @@ from statsyard_agent._types import (
     Metric,
     MetricKind,
     PointNames,
-    PrefixedNames,
     SketchColumns,
     SketchPoint,
     Tags,
@@ -198,51 +197,43 @@ def test_batch_columns_line_up_for_every_kind_of_timer_series() -> None:
 
 
 def test_point_names_read_like_a_tuple_and_join_without_making_every_name() -> None:
-    blocks = [(["a", "bb"], ".count"), (["c"], ""), (["dd", "e", "f"], ".p90")]
-    expected = ("a.count", "bb.count", "c", "dd.p90", "e.p90", "f.p90")
+    blocks: list[tuple[str, list[str], str]] = [
+        ("", ["a", "bb"], ".count"),
+        ("", ["c"], ""),
+        ("x.", [], ".n"),
+        ("s.", ["dd", "e", "f"], ".p90"),
+    ]
+    expected = ("a.count", "bb.count", "c", "s.dd.p90", "s.e.p90", "s.f.p90")
     names = PointNames(blocks)
     assert len(names) == 6
     for start in range(7):
         for stop in range(start, 7):
             assert names.joined(start, stop, "\n") == "\n".join(expected[start:stop])
+            assert join_names(names, start, stop, "|") == "|".join(expected[start:stop])
     assert names._made is None  # joined made no tuple
     assert names == expected
     assert names == list(expected)
     assert names != expected[:-1]
-    assert names[3] == "dd.p90"
+    assert names[3] == "s.dd.p90"
     assert names[1:3] == ("bb.count", "c")
     assert tuple(names) == expected
     assert pickle.loads(pickle.dumps(names)) == expected
     assert type(pickle.loads(pickle.dumps(names))) is tuple
-    assert names.joined(1, 4, "|") == "bb.count|c|dd.p90"  # from the made tuple now
+    assert names.joined(1, 4, "|") == "bb.count|c|s.dd.p90"  # from the made tuple now
     assert PointNames([]) == ()
     assert PointNames([]).joined(0, 0, "\n") == ""
 
 
-def test_prefixed_names_read_like_a_tuple_and_join_without_making_a_name() -> None:
-    segments = [("stats.timers.", ["a", "bb"]), ("x.", []), ("stats.sets.", ["c", "dd", "e"])]
-    bases = ("stats.timers.a", "stats.timers.bb", "stats.sets.c", "stats.sets.dd", "stats.sets.e")
-    prefixed = PrefixedNames(segments)
-    names = PointNames([(prefixed, ".count"), (["plain"], ""), (prefixed, "")])
-    expected = (*(b + ".count" for b in bases), "plain", *bases)
-    assert len(prefixed) == 5
-    assert len(names) == len(expected)
+def test_suffixed_point_names_are_blocks_of_the_same_names() -> None:
+    bases = PointNames([("stats.timers.", ["a", "bb"], ""), ("stats.sets.", ["c"], "")])
+    suffixed = PointNames([*bases.suffixed(".count"), ("", ["plain"], ""), *bases.suffixed("")])
+    expected = ("stats.timers.a.count", "stats.timers.bb.count", "stats.sets.c.count", "plain", *bases)
     for start in range(len(expected) + 1):
         for stop in range(start, len(expected) + 1):
-            assert names.joined(start, stop, "\n") == "\n".join(expected[start:stop])
-            if stop <= 5:
-                assert join_names(prefixed, start, stop, "\n") == "\n".join(bases[start:stop])
-                suffixed = "|".join(b + ".p" for b in bases[start:stop])
-                assert prefixed.joined(start, stop, "|", ".p") == suffixed
-    assert prefixed._made is None  # no name made by any join
-    assert names == expected
-    assert prefixed == bases
-    assert prefixed[2] == "stats.sets.c"
-    assert prefixed[1:3] == bases[1:3]
-    assert type(pickle.loads(pickle.dumps(prefixed))) is tuple
-    assert prefixed.joined(0, 5, "|", ".p") == "|".join(b + ".p" for b in bases)  # from the made tuple
-    assert PrefixedNames([]) == ()
-    assert PrefixedNames([]).joined(0, 0, "\n") == ""
+            assert suffixed.joined(start, stop, "\n") == "\n".join(expected[start:stop])
+    assert bases._made is not None  # (read above), while the suffixed names were only joined
+    assert suffixed._made is None
+    assert suffixed == expected
 
 
 def test_the_agent_keeps_numpy_off_transparent_huge_pages() -> None:

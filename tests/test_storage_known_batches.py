@@ -20,7 +20,6 @@ from statsyard_agent._sketch import LogSketch
 from statsyard_agent._types import (
     FlushBatch,
     PointNames,
-    PrefixedNames,
     Rollup,
     SketchColumns,
     SketchPoint,
@@ -163,12 +162,12 @@ def test_point_names_are_compared_joined_without_making_them(tmp_path: Path) -> 
         db.write(_batch(T0, stored, [0.0] * 600))
         index = _index_of(db)
         ids = np.arange(600)
-        same = PointNames([(bases[:100], ".count"), (bases[100:], ".count"), (bases, ".rate")])
+        same = PointNames([("", bases[:100], ".count"), ("", bases[100:], ".count"), ("", bases, ".rate")])
         assert index.same_keys(ids, same, tags)
         assert same._made is None  # compared joined, run by run
-        other = PointNames([(bases, ".count"), ([*bases[:-1], "s.9999"], ".rate")])
+        other = PointNames([("", bases, ".count"), ("", [*bases[:-1], "s.9999"], ".rate")])
         assert not index.same_keys(ids, other, tags)
-        shifted = PointNames([(bases, ".rate"), (bases, ".count")])
+        shifted = PointNames([("", bases, ".rate"), ("", bases, ".count")])
         assert not index.same_keys(ids, shifted, tags)
         # A batch named by blocks lands like a tuple-named one, on the cached path too.
         for step in (1, 2):
@@ -178,7 +177,7 @@ def test_point_names_are_compared_joined_without_making_them(tmp_path: Path) -> 
     assert stored_values["s.0299.rate"] == [0.0, 1.0, 2.0]
 
 
-def test_prefixed_names_and_sketch_columns_are_compared_without_making_them(tmp_path: Path) -> None:
+def test_prefixed_point_and_sketch_names_are_compared_without_making_them(tmp_path: Path) -> None:
     """The aggregator's batches: base names as prefix + metric name segments, in points and in
     sketch columns; recognised joined (no name made), and a changed prefix is told apart."""
     metric_names = [f"api.{i:03d}" for i in range(200)]
@@ -186,9 +185,9 @@ def test_prefixed_names_and_sketch_columns_are_compared_without_making_them(tmp_
     blobs = [LogSketch.from_values(np.full(2, i + 1.0)).to_bytes() for i in range(200)]
 
     def batch(ts: int, prefix: str, value: float) -> FlushBatch:
-        bases = PrefixedNames([(prefix, metric_names[:50]), (prefix, metric_names[50:])])
-        names = PointNames([(bases, ".count"), (bases, ".upper")])
-        sketches = SketchColumns(PrefixedNames([(prefix, metric_names)]), [()] * 200, blobs)
+        bases = PointNames([(prefix, metric_names[:50], ""), (prefix, metric_names[50:], "")])
+        names = PointNames([*bases.suffixed(".count"), *bases.suffixed(".upper")])
+        sketches = SketchColumns(PointNames([(prefix, metric_names, "")]), [()] * 200, blobs)
         return FlushBatch(ts, 10.0, names, tuple(tags), (Rollup.LAST,) * 400, np.full(400, value), sketches)
 
     with TSDB.open(tmp_path, CONFIG) as db:
@@ -202,7 +201,7 @@ def test_prefixed_names_and_sketch_columns_are_compared_without_making_them(tmp_
         assert isinstance(again.names, PointNames)
         assert again.names._made is None  # compared joined, never made
         assert isinstance(again.sketches, SketchColumns)
-        assert isinstance(again.sketches.names, PrefixedNames)
+        assert isinstance(again.sketches.names, PointNames)
         assert again.sketches.names._made is None
         db.write(batch(T0 + 20, "stats.histograms.", 3.0))  # new series: looked up and made
     stored = _values(tmp_path, "stats.*.api.007.*", T0 + 30)
