@@ -306,7 +306,8 @@ class IngestWorkers:
                         f"with status {process.returncode}"
                     )
                 await self._ship(slot, SHIP)
-                if worth_recycling(slot.report, slot.ship_seconds):
+                # (A worker that did not ship was killed: its exit is a failure, not a recycle.)
+                if slot.ctrl is not None and worth_recycling(slot.report, slot.ship_seconds):
                     log.info(
                         "ingest worker %d (pid %d) is quiet and holds %d of the %d series it once "
                         "held: replacing it with a fresh process to give that memory back",
