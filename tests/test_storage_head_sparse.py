@@ -79,3 +79,35 @@ def test_an_idle_flush_stays_sparse_until_a_second_flush() -> None:
     window.apply(1, 10.0, all_ids[3:8], np.ones(5), sums[3:8], nan[3:8], np.full(30, -1))
     assert window.sparse == {}
     np.testing.assert_array_equal(window.read(all_ids[:9], 1, 2)[:, 0], [0, 0, 0, 1, 1, 1, 1, 1, np.nan])
+
+
+def test_idle_flushes_share_the_previous_slots_arrays_and_read_back_exactly() -> None:
+    """Idle series write the same points every flush: a sparse slot equal to the one before it
+    holds the same arrays (no new memory), and every slot still answers its own values, also
+    after a second flush into one of them (densified, the neighbours untouched)."""
+    window = HeadWindow(0, STEP, SLOTS)
+    n = 40
+    all_ids = np.arange(n, dtype=np.int64)
+    sums = np.full(n, int(Rollup.SUM), dtype=np.uint8)
+    nan = np.full(n, np.nan)
+    none = np.full(n, -1)
+    window.apply(0, 10.0, all_ids, np.ones(n), sums, nan, none)  # every row: dense
+    idle = all_ids[::4]
+    for slot in (1, 2, 3):
+        window.apply(slot, 10.0, idle, np.zeros(len(idle)), sums[idle], nan[idle], none)
+    changed = np.zeros(len(idle))
+    changed[2] = 5.0
+    window.apply(4, 10.0, idle, changed, sums[idle], nan[idle], none)
+    s1, s2, s3, s4 = (window.sparse[slot] for slot in (1, 2, 3, 4))
+    for later in (s2, s3, s4):
+        assert later[0] is s1[0]  # same rows: one array
+    for later in (s2, s3):
+        assert later[1] is s1[1]  # same values: one array
+    assert s4[1] is not s1[1]
+    window.apply(2, 10.0, idle[:3], np.full(3, 7.0), sums[:3], nan[:3], none)  # a second flush
+    assert 2 not in window.sparse
+    got = window.read(idle[:4], 1, 5)
+    np.testing.assert_array_equal(got[:, 0], [0, 0, 0, 0])  # slot 1 untouched by slot 2's change
+    np.testing.assert_array_equal(got[:, 1], [7, 7, 7, 0])
+    np.testing.assert_array_equal(got[:, 2], [0, 0, 0, 0])
+    np.testing.assert_array_equal(got[:, 3], [0, 0, 5, 0])

@@ -200,7 +200,9 @@ class HeadWindow:
             single = single_flush_value(values, codes, interval, self.step)
             if _SPARSE_POINT_BYTES * len(rows) < 8 * self.n_rows:
                 order = np.argsort(rows)
-                self.sparse[slot] = (rows[order].astype(np.int32), single[order])
+                self.sparse[slot] = self._shared_with_previous(
+                    slot, rows[order].astype(np.int32), single[order]
+                )
             else:
                 column = self.values[slot]
                 if len(rows) < self.n_rows:  # (rows are unique: all equal means every row is set)
@@ -215,6 +217,21 @@ class HeadWindow:
                 acc = self._start_accumulating(slot, siblings)
             self._accumulate(acc, slot, rows, interval, values, codes, weights)
         self.flushes[slot] += 1
+
+    def _shared_with_previous(
+        self, slot: int, rows: npt.NDArray[np.int32], values: FloatArray
+    ) -> tuple[npt.NDArray[np.int32], FloatArray]:
+        """A sparse slot's arrays, each replaced by the previous slot's when equal (both are only
+        ever read). Why: idle series write the same points every flush (counters and timer counts
+        0, gauges their last value), 12 bytes a point per slot otherwise: ~20 bytes per idle series
+        and flush, ~1.2 KB per series by the time a 10-minute window is sealed."""
+        previous = self.sparse.get(slot - 1)
+        if previous is not None:
+            if np.array_equal(previous[0], rows):
+                rows = previous[0]
+            if np.array_equal(previous[1], values):
+                values = previous[1]
+        return rows, values
 
     def _start_accumulating(self, slot: int, siblings: IntArray) -> _SlotAccumulator:
         """Turn the single flush stored in column ``slot`` into accumulator form."""
