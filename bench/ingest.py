@@ -1194,8 +1194,10 @@ def _memory_lines() -> list[bytes]:
 MEMORY_FLUSH_INTERVAL = 10
 
 
-def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
-    """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL."""
+def run_memory(sender: Path, scratch: Path, workers: int, idle_seconds: float = 0.0) -> dict[str, Any]:
+    """RSS per idle active series: 100k series sent once, flushed, then idle within the TTL;
+    with ``idle_seconds``, also the RSS that long after the send (the series still idle and
+    emitted every flush: what a long idle stretch adds, e.g. points held in the storage head)."""
     lines = _memory_lines()
     workload = series_workload(scratch, "memory.bin", lines, 20)
     interval = MEMORY_FLUSH_INTERVAL
@@ -1207,6 +1209,7 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         before_main, before_all = rss(pids[:1]), rss(pids)
         seconds = 1.0
         send(sender, workload, agent.udp_port, len(lines) / seconds, seconds)
+        sent_at = time.monotonic()
         time.sleep(2.5 * interval)  # two flushes: every series has been flushed and is idle now
         metrics = agent.metrics()
         # RSS over two more flush intervals, every 0.1 s: the least is the idle state between
@@ -1226,6 +1229,10 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         if not samples:
             raise RuntimeError("the agent's processes never stayed the same for 2 s")
         recycles = agent.metrics().get("statsyard_ingest_worker_recycles_total", 0)
+        after_idle = None
+        if idle_seconds:
+            time.sleep(max(0.0, sent_at + idle_seconds - time.monotonic()))
+            after_idle = rss(process_tree(agent.process.pid))
     series = max(metrics.get("statsyard_series_active", 0), 1)
     after_main, after_all = min(m for m, _ in samples), min(a for _, a in samples)
     peak_main, peak_all = max(m for m, _ in samples), max(a for _, a in samples)
@@ -1239,6 +1246,8 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         "main_rss_bytes": after_main,
         "all_rss_bytes": after_all,
         "worker_recycles": recycles,
+        "idle_seconds": idle_seconds,
+        "all_bytes_per_series_after_idle": None if after_idle is None else (after_idle - before_all) / series,
     }
     log(
         f"  workers={workers}: {series:.0f} idle series: agent process "
@@ -1247,6 +1256,12 @@ def run_memory(sender: Path, scratch: Path, workers: int) -> dict[str, Any]:
         f"{result['all_bytes_per_series']:.0f} ({result['all_bytes_per_series_in_flush']:.0f}) B/series "
         f"(RSS {after_main / 2**20:.0f} MiB, all {after_all / 2**20:.0f} MiB; "
         f"{recycles:.0f} workers recycled)"
+        + (
+            f"; all processes {(after_idle - before_all) / series:.0f} B/series "
+            f"{idle_seconds:.0f} s after the send"
+            if after_idle is not None
+            else ""
+        )
     )
     return result
 
@@ -1376,6 +1391,13 @@ def main() -> None:
     parser.add_argument("--flush-interval", type=int, default=5, help="both systems, seconds")
     parser.add_argument("--no-etsy", action="store_true", help="skip Etsy statsd (needs node/npm)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--memory-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="memory part: also measure RSS this long after the send (series idle all along)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -1425,7 +1447,7 @@ def main() -> None:
         if "memory" in parts:
             log(f"memory per idle series ({loadavg()})")
             for workers in (2, 0):
-                report.memory.append(run_memory(sender, scratch, workers))
+                report.memory.append(run_memory(sender, scratch, workers, args.memory_idle))
             wait_quiet()
             split = subprocess.run(
                 [sys.executable, __file__, "--memory-split"], capture_output=True, text=True, check=True
