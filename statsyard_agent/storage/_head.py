@@ -92,7 +92,8 @@ class HeadWindow:
     #: slot -> ``(rows ascending, values)`` of a slot whose single flush covered few rows; its
     #: column in ``values`` is then untouched (not resident) until a second flush needs it.
     #: Why: a flush of idle series (a timer's 2 idle points of 14, zeros and last gauge values)
-    #: would otherwise cost 8 bytes per *row* of the window in every slot.
+    #: would otherwise cost 8 bytes per *row* of the window in every slot. A slot equal to the
+    #: one before it shares that slot's arrays (idle series repeat their points every flush).
     sparse: dict[int, tuple[npt.NDArray[np.int32], FloatArray]] = field(default_factory=dict)
     accumulators: dict[int, _SlotAccumulator] = field(default_factory=dict)
     #: slot -> one ``(ids, joined sketches, end offsets)`` per flush into that slot, in WAL
